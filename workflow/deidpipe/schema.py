@@ -1,0 +1,71 @@
+"""JSON-schema validation with messages that name the place and say what is expected."""
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Load ``workflow/schemas/<name>.schema.yaml``."""
+    with open(SCHEMA_DIR / f"{name}.schema.yaml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn one jsonschema error into words, without repeating the offending value."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        return "is not a setting this pipeline knows (check the spelling)"
+    if error.validator == "type":
+        return f"must be {_article(error.validator_value)}"
+    if error.validator in ("pattern", "not"):
+        return (
+            "may contain only letters, digits, '.', '_' and '-' (no spaces or '/'), "
+            "and may not be '.' or '..'"
+            + (" or 'default'" if "default" in str(schema.get("not", "")) else "")
+        )
+    if error.validator == "minLength":
+        return "is empty"
+    if error.validator == "minimum":
+        return f"must be at least {error.validator_value}"
+    if error.validator == "required":
+        return error.message.split("'")[1] + " is missing"
+    return error.message
+
+
+def _article(json_type: object) -> str:
+    names = {"string": "text", "boolean": "true or false", "integer": "a whole number",
+             "object": "a mapping of names to values"}
+    return names.get(str(json_type), str(json_type))
+
+
+def schema_problems(instance: dict[str, Any], name: str) -> list[tuple[str, str]]:
+    """Validate ``instance`` against a schema; return (field, problem) pairs, sorted."""
+    validator = jsonschema.Draft202012Validator(load_schema(name))
+    problems = []
+    for error in validator.iter_errors(instance):
+        if error.validator == "required":
+            field = error.message.split("'")[1]
+            problems.append((field, "is missing"))
+        elif error.validator == "additionalProperties":
+            for field in sorted(set(instance) - set(error.schema.get("properties", {}))):
+                problems.append((field, _describe(error)))
+        else:
+            field = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+            problems.append((field, _describe(error)))
+    return sorted(set(problems))
+
+
+def apply_defaults(instance: dict[str, Any], name: str) -> dict[str, Any]:
+    """Fill keys that the schema gives a default for and the instance lacks."""
+    filled = dict(instance)
+    for key, spec in load_schema(name).get("properties", {}).items():
+        if key not in filled and "default" in spec:
+            filled[key] = spec["default"]
+    return filled
