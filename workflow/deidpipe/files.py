@@ -54,3 +54,10 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def files_below(folder: str | Path) -> set[str]:
+    """Relative paths (with '/') of every non-folder entry below ``folder``; empty if absent."""
+    folder = Path(folder)
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*")
+            if not path.is_dir()}

@@ -18,9 +18,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
 
-from deidpipe.files import read_json, write_json
+from deidpipe.files import files_below, read_json, write_json
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
 
@@ -234,10 +233,7 @@ def check_inventory(context: SessionContext) -> list[Finding]:
                 context.dicom_dir / entry["source"]):
             findings.append(Finding("inventory", "fail", entry["source"], "",
                                     "was skipped as not DICOM but starts like a DICOM file"))
-    staged_on_disk = {
-        path.relative_to(context.staged_session_dir).as_posix()
-        for path in context.staged_session_dir.rglob("*") if not path.is_dir()
-    }
+    staged_on_disk = files_below(context.staged_session_dir)
     staged_listed = {entry["staged"] for entry in manifest["files"]}
     for staged in sorted(staged_on_disk - staged_listed):
         findings.append(Finding("inventory", "fail", staged, "",

@@ -1,0 +1,5 @@
+import sys
+
+from deidpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""``deidpipe``: the small command line the Snakemake rules call, plus tools for people.
+
+For people: ``deidpipe keyword WORD`` looks up DICOM keywords (``--csv`` prints rows ready to
+paste into a profile CSV); ``deidpipe make-demo DIR`` rebuilds the synthetic demo data.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deidpipe.errors import PipelineError
+
+
+def _labels(args: argparse.Namespace) -> dict[str, str]:
+    return {"group": args.group, "project": args.project, "subject": args.subject,
+            "session": args.session}
+
+
+def _add_labels(parser: argparse.ArgumentParser) -> None:
+    for name in ("group", "project", "subject", "session"):
+        parser.add_argument(f"--{name}", required=True)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from deidpipe.files import write_private_bytes
+    from deidpipe.profile import generate_profile
+
+    text = generate_profile(args.profile_dir)
+    write_private_bytes(args.output, text.encode("utf-8"))
+    print(f"profile {Path(args.profile_dir).name} written to {args.output}", file=sys.stderr)
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    from deidpipe.stage import stage_session
+
+    manifest = stage_session(args.dicom_dir, args.profile, args.staged_dir, args.manifest,
+                             threads=args.threads)
+    counts = manifest["counts"]
+    print(f"staged {counts['staged']} file(s), skipped {counts['skipped']}, "
+          f"{counts['error']} could not be staged; manifest {args.manifest}", file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from deidpipe.verify import verify_session
+
+    report = verify_session(args.dicom_dir, args.staged_dir, args.manifest, args.profile,
+                            _labels(args), args.report)
+    print(f"verification {report['status']}: {len(report['findings'])} finding(s); "
+          f"report {args.report}", file=sys.stderr)
+
+
+def cmd_upload(args: argparse.Namespace) -> None:
+    from deidpipe.upload import upload_session
+
+    record = upload_session(
+        labels=_labels(args), verify_report_path=args.report, manifest_path=args.manifest,
+        staged_session_dir=args.staged_dir, record_path=args.record, log_path=args.cli_log,
+        fw=args.fw, command_template=args.command, extra_env=json.loads(args.env),
+        timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload)
+    if not record["uploaded"]:
+        print(f"not uploaded: {record['reason']}", file=sys.stderr)
+    else:
+        print(record.get("note", f"uploaded {record['files']} file(s)"), file=sys.stderr)
+
+
+def cmd_keyword(args: argparse.Namespace) -> None:
+    from deidpipe.profile import lookup_keywords
+
+    matches = lookup_keywords(args.word)
+    if not matches:
+        raise PipelineError(f"no DICOM keyword or name contains '{args.word}'")
+    for tag, vr, keyword, name in matches:
+        print(f'"{tag}",{keyword}' if args.csv else f"{tag}  {vr:2}  {keyword:40}  {name}")
+
+
+def cmd_make_demo(args: argparse.Namespace) -> None:
+    from deidpipe.synthetic import build_demo
+
+    build_demo(args.directory)
+    print(f"demo sessions written to {args.directory}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deidpipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    profile = commands.add_parser("profile", help="generate a profile YAML from its CSV folder")
+    profile.add_argument("profile_dir")
+    profile.add_argument("output")
+    profile.set_defaults(func=cmd_profile)
+
+    stage = commands.add_parser("stage", help="de-identify one session into the staging folder")
+    stage.add_argument("--dicom-dir", required=True)
+    stage.add_argument("--profile", required=True)
+    stage.add_argument("--staged-dir", required=True)
+    stage.add_argument("--manifest", required=True)
+    stage.add_argument("--threads", type=int, default=1)
+    stage.set_defaults(func=cmd_stage)
+
+    verify = commands.add_parser("verify", help="verify one staged session")
+    verify.add_argument("--dicom-dir", required=True)
+    verify.add_argument("--staged-dir", required=True)
+    verify.add_argument("--manifest", required=True)
+    verify.add_argument("--profile", required=True)
+    verify.add_argument("--report", required=True)
+    _add_labels(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    upload = commands.add_parser("upload", help="upload one verified session to Flywheel")
+    upload.add_argument("--report", required=True)
+    upload.add_argument("--manifest", required=True)
+    upload.add_argument("--staged-dir", required=True)
+    upload.add_argument("--record", required=True)
+    upload.add_argument("--cli-log", required=True)
+    upload.add_argument("--fw", required=True)
+    upload.add_argument("--command", required=True)
+    upload.add_argument("--env", default="{}", help="JSON mapping of extra variables")
+    upload.add_argument("--timeout", type=int, required=True)
+    upload.add_argument("--ledger", required=True)
+    upload.add_argument("--reupload", action="store_true")
+    _add_labels(upload)
+    upload.set_defaults(func=cmd_upload)
+
+    keyword = commands.add_parser("keyword", help="look up DICOM keywords by a word")
+    keyword.add_argument("word")
+    keyword.add_argument("--csv", action="store_true",
+                         help="print Tag,Keyword rows ready to paste into a profile CSV")
+    keyword.set_defaults(func=cmd_keyword)
+
+    demo = commands.add_parser("make-demo", help="write the synthetic demo sessions")
+    demo.add_argument("directory")
+    demo.set_defaults(func=cmd_make_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Staged copies and reports are still sensitive: nothing we create is readable by others.
+    os.umask(0o077)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+# Config and session sheet: loaded and validated once, before any job is planned.
+# Input functions below are dictionary look-ups; nothing here reads DICOM files.
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from deidpipe.config import check_profile_exists, normalise_config
+from deidpipe.errors import PipelineError
+from deidpipe.profile import profile_sources
+from deidpipe.report import write_summary
+from deidpipe.sheet import load_sheet
+
+# Staged copies, reports and logs are sensitive: everything this run creates is owner-only.
+os.umask(0o077)
+
+
+def stop_with(error):
+    """Print a user's mistake as a plain message (no traceback) and stop before any job runs."""
+    print(f"\nerror: {error}\n", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    _checked_config = normalise_config(config, sys.argv)
+    config.clear()
+    config.update(_checked_config)
+    PROFILE_DIR = check_profile_exists(config, Path(workflow.basedir) / "profiles")
+    # Cluster jobs re-read the sheet; only the main process looks at the DICOM folders.
+    SESSIONS = load_sheet(config["sessions"], config["group"], config["project"],
+                          check_paths=workflow.is_main_process)
+    if config["upload"] and workflow.is_main_process and shutil.which(config["fw"]) is None:
+        raise PipelineError(f"setting 'fw': the Flywheel CLI '{config['fw']}' was not found "
+                            "(upload is on). Install it and log in with 'fw login', or set "
+                            "'fw' to its path.")
+except PipelineError as error:
+    stop_with(error)
+
+SESSION_BY_KEY = {session.key: session for session in SESSIONS}
+PROFILE = config["profile"]
+STAGING = config["staging"]
+RESULTS = config["results"]
+PROFILE_YAML = f"{RESULTS}/profile/{PROFILE}.yaml"
+SESSION_PATH = "{group}/{project}/{subject}/{session}"
+PYTHON = sys.executable  # the interpreter that has deidpipe installed
+
+LABEL = r"[A-Za-z0-9._-]+"
+
+
+wildcard_constraints:
+    group=LABEL,
+    project=LABEL,
+    subject=LABEL,
+    session=LABEL,
+
+
+def dicom_dir_of(wildcards):
+    return SESSION_BY_KEY[
+        (wildcards.group, wildcards.project, wildcards.subject, wildcards.session)
+    ].dicom_dir
+
+
+def session_outputs(pattern):
+    return [pattern.format(**session.__dict__) for session in SESSIONS]
+
+
+def final_targets():
+    if config["upload"]:
+        return session_outputs(f"{RESULTS}/upload/{SESSION_PATH}.json")
+    return session_outputs(f"{RESULTS}/verify/{SESSION_PATH}.json")
+
+
+def finish_run(succeeded):
+    lines = write_summary(SESSIONS, RESULTS, config["upload"])
+    if not succeeded:
+        lines.append("Some jobs failed (see the errors above). Run the same command again "
+                     "to retry only what failed.")
+    print("\n" + "\n".join(lines), file=sys.stderr)
+
+
+# Shell prefix of every rule: a job's messages go to its log, and to the console if it fails.
+def run_logged(command):
+    return f"({command}) 2> {{log:q}} || {{{{ cat {{log:q}} >&2; exit 1; }}}}"

@@ -1,0 +1,14 @@
+rule profile:
+    """Generate the Flywheel profile YAML from the profile's CSV sources."""
+    input:
+        profile_sources(PROFILE_DIR),
+    output:
+        PROFILE_YAML,
+    log:
+        f"{RESULTS}/logs/profile/{PROFILE}.log",
+    params:
+        profile_dir=PROFILE_DIR,
+        python=PYTHON,
+    localrule: True
+    shell:
+        run_logged('"{params.python}" -m deidpipe profile {params.profile_dir:q} {output:q}')

@@ -1,0 +1,28 @@
+# The staged folder is not a Snakemake output: directory() outputs get a .snakemake_timestamp
+# file, which would be staged and uploaded. The manifest stands for the folder; staging renames
+# the folder into place atomically before the manifest is written, and verification and upload
+# check the folder against the manifest file by file.
+
+
+rule stage:
+    """De-identify one session with Flywheel's engine into its staged folder (the dry run)."""
+    input:
+        profile=PROFILE_YAML,
+    output:
+        manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
+    log:
+        f"{RESULTS}/logs/stage/{SESSION_PATH}.log",
+    params:
+        dicom_dir=dicom_dir_of,
+        staged=f"{STAGING}/{SESSION_PATH}",
+        python=PYTHON,
+    threads: 2
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    shell:
+        run_logged(
+            '"{params.python}" -m deidpipe stage --dicom-dir {params.dicom_dir:q}'
+            " --profile {input.profile:q} --staged-dir {params.staged:q}"
+            " --manifest {output.manifest:q} --threads {threads}"
+        )

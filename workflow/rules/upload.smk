@@ -1,0 +1,37 @@
+# Uploads run on the submit host (cluster nodes often cannot reach Flywheel), one at a time
+# unless config 'upload_jobs' allows more.
+workflow.register_resource("flywheel_uploads", config["upload_jobs"])
+
+
+rule upload:
+    """Send one verified session's staged copy to Flywheel with the configured CLI command."""
+    input:
+        report=f"{RESULTS}/verify/{SESSION_PATH}.json",
+        manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
+    output:
+        record=f"{RESULTS}/upload/{SESSION_PATH}.json",
+    log:
+        f"{RESULTS}/logs/upload/{SESSION_PATH}.log",
+    params:
+        python=PYTHON,
+        staged=f"{STAGING}/{SESSION_PATH}",
+        fw=config["fw"],
+        command=config["upload_command"],
+        env=json.dumps(config["upload_env"]),
+        timeout=config["upload_timeout"],
+        ledger=config["ledger"],
+        reupload="--reupload" if config["reupload"] else "",
+        cli_log=f"{RESULTS}/logs/upload/{SESSION_PATH}.fw.log",
+    resources:
+        flywheel_uploads=1,
+    localrule: True
+    shell:
+        run_logged(
+            '"{params.python}" -m deidpipe upload --report {input.report:q}'
+            " --manifest {input.manifest:q} --staged-dir {params.staged:q}"
+            " --record {output.record:q} --cli-log {params.cli_log:q} --fw {params.fw:q}"
+            " --command {params.command:q} --env {params.env:q} --timeout {params.timeout}"
+            " --ledger {params.ledger:q} {params.reupload}"
+            " --group {wildcards.group:q} --project {wildcards.project:q}"
+            " --subject {wildcards.subject:q} --session {wildcards.session:q}"
+        )
