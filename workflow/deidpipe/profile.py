@@ -115,10 +115,12 @@ def _read_action_file(path: Path, action: str) -> tuple[list[FieldAction], list[
     except csv.Error as error:
         return [], [f"{path}: not a readable CSV file ({error})"]
     expected = COLUMNS[action]
-    numbered = [(number, [cell.strip() for cell in row])
+    # Tag and Keyword are trimmed; a replacement is kept exactly (a leading space is data).
+    numbered = [(number, [cell.strip() for cell in row[:2]] + row[2:])
                 for number, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
-    if not numbered or numbered[0][1] != expected:
-        found = ",".join(numbered[0][1]) if numbered else "nothing"
+    header = [cell.strip() for cell in numbered[0][1]] if numbered else []
+    if header != expected:
+        found = ",".join(header) if numbered else "nothing"
         return [], [f"{path}:1: the header must be {','.join(expected)} (found {found})"]
     for number, cells in numbered[1:]:
         place = f"{path}:{number}"

@@ -1,0 +1,87 @@
+"""Shared fixtures: a temporary copy of the project, the demo data, and the fake Flywheel CLI."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deidpipe.profile import generate_profile
+from deidpipe.synthetic import FAKE_IDENTIFIERS
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_FW = REPO / "tests" / "fake_fw" / "fw"
+PROJECT_FILES = ("Snakefile", "config.yaml", "sessions.tsv", "workflow", "profiles", "demo")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project with the demo, as a user would have after cloning."""
+    target = tmp_path / "project"
+    target.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture
+def profile_v1(tmp_path: Path) -> Path:
+    """The shipped default profile, generated."""
+    path = tmp_path / "PennBrainScienceCenter.yaml"
+    path.write_text(generate_profile(REPO / "profiles" / "PennBrainScienceCenter"))
+    return path
+
+
+@pytest.fixture
+def fake_fw_log(tmp_path: Path) -> Path:
+    return tmp_path / "fw-calls.jsonl"
+
+
+def fw_calls(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def run_snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None,
+                  timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run snakemake as a user would, in ``workdir``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=timeout, check=False)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file below a folder, by relative path."""
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def identifier_needles() -> list[bytes]:
+    """The planted identifiers in the forms someone might write them, as bytes to grep for."""
+    needles = set()
+    for value in FAKE_IDENTIFIERS.values():
+        needles.add(value)
+        needles.update(part for part in value.split("^") if len(part) > 3)
+    return sorted(needle.encode() for needle in needles)
+
+
+def files_containing_identifiers(folder: Path) -> list[str]:
+    """Files below ``folder`` that hold any planted identifier."""
+    hits = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            hits += [f"{path.relative_to(folder)}: {needle.decode()}"
+                     for needle in identifier_needles() if needle in data]
+    return hits

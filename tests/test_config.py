@@ -1,0 +1,66 @@
+import pytest
+
+from deidpipe.config import check_profile_exists, normalise_config, raw_config_overrides
+from deidpipe.errors import PipelineError
+
+BASE = {"group": "lab", "project": "study", "sessions": "sessions.tsv",
+        "profile": "PennBrainScienceCenter", "staging": "staging", "results": "results"}
+
+
+def test_defaults_are_filled():
+    config = normalise_config(dict(BASE))
+    assert config["upload"] is False
+    assert config["fw"] == "fw"
+    assert "{staged_session_dir}" in config["upload_command"]
+    assert config["upload_jobs"] == 1
+
+
+@pytest.mark.parametrize("text, expected", [("true", True), ("True", True), ("yes", True),
+                                            ("false", False), ("no", False), ("NO", False)])
+def test_booleans_from_the_command_line(text, expected):
+    assert normalise_config({**BASE, "upload": text})["upload"] is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 1, "1", None])
+def test_other_booleans_are_rejected(value):
+    with pytest.raises(PipelineError, match="'upload' must be true or false"):
+        normalise_config({**BASE, "upload": value})
+
+
+def test_group_given_as_number_keeps_its_text():
+    # snakemake --config group=007 hands over the int 7; the command line says 007.
+    argv = ["snakemake", "--cores", "1", "--config", "group=007", "upload=true"]
+    assert normalise_config({**BASE, "group": 7}, argv)["group"] == "007"
+    assert normalise_config({**BASE, "group": 7})["group"] == "7"
+
+
+def test_raw_overrides_stop_at_the_next_option():
+    argv = ["snakemake", "--config", "a=1", "b=x=y", "--cores", "2", "c=3"]
+    assert raw_config_overrides(argv) == {"a": "1", "b": "x=y"}
+
+
+def test_unknown_key_and_bad_label_are_named():
+    with pytest.raises(PipelineError) as error:
+        normalise_config({**BASE, "uplaod": True, "project": "my study"})
+    message = str(error.value)
+    assert "'uplaod' is not a setting" in message
+    assert "'project' may contain only" in message
+
+
+def test_missing_required_key():
+    config = dict(BASE)
+    del config["group"]
+    with pytest.raises(PipelineError, match="'group' is missing"):
+        normalise_config(config)
+
+
+def test_profile_named_default_is_rejected():
+    # Snakemake would load profiles/default/ as its own workflow profile.
+    with pytest.raises(PipelineError, match="'profile'"):
+        normalise_config({**BASE, "profile": "default"})
+
+
+def test_missing_profile_lists_the_available_ones(tmp_path):
+    (tmp_path / "SiteA").mkdir()
+    with pytest.raises(PipelineError, match="Profiles available: SiteA"):
+        check_profile_exists({**BASE, "profile": "SiteB"}, tmp_path)
