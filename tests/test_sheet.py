@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from deidpipe.errors import PipelineError
 from deidpipe.sheet import load_sheet
 
@@ -34,7 +33,8 @@ def test_valid_sheet_with_overrides_and_relative_dirs(dicom_dirs):
 
 def test_spreadsheet_habits_are_accepted(dicom_dirs):
     # BOM, CRLF, trailing spaces, a notes column and a blank line, as spreadsheets write them.
-    text = "\ufeffsubject\tsession\tdicom_dir\tnotes\r\ns1 \tt1\ta \tfirst scan\r\n\r\ns2\tt1\tb\t\r\n"
+    text = ("\ufeffsubject\tsession\tdicom_dir\tnotes\r\n"
+            "s1 \tt1\ta \tfirst scan\r\n\r\ns2\tt1\tb\t\r\n")
     sessions = load_sheet(write_sheet(dicom_dirs, text), "grp", "proj")
     assert [(s.subject, s.row) for s in sessions] == [("s1", 2), ("s2", 4)]
 

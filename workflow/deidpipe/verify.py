@@ -32,6 +32,7 @@ IDENTIFYING_KEYWORDS = (
 # Values with fewer letters and digits than this are not searched: "1" or "--" would match
 # everywhere and mean nothing. The report counts how many were left out.
 MIN_SEARCHABLE_CHARACTERS = 3
+WITHHELD = "(withheld: holds an identifier)"
 SEVERITY_ORDER = {"pass": 0, "warn": 1, "fail": 2}
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 NON_ALNUM = re.compile(r"[^0-9a-z]+")
@@ -325,8 +326,11 @@ def verify_session(
     status = max((finding.severity for finding in findings), key=SEVERITY_ORDER.__getitem__,
                  default="pass")
     counts = context.manifest["counts"]
+    # A label found to hold an identifier is not repeated in the report.
+    flagged = {finding.tag.split("'")[1] for finding in findings if finding.check == "labels"}
+    shown_labels = {key: (WITHHELD if key in flagged else value) for key, value in labels.items()}
     report = {
-        "session": labels,
+        "session": shown_labels,
         "status": status,
         "files": {"staged": counts["staged"], "skipped": counts["skipped"],
                   "errors": counts["error"]},

@@ -1,0 +1,167 @@
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import identifier_needles
+from deidpipe.files import read_json
+from deidpipe.stage import stage_session
+from deidpipe.synthetic import (
+    FAKE_IDENTIFIERS,
+    SeriesSpec,
+    SessionSpec,
+    build_session,
+    plant_image_comments,
+    plant_private_tag,
+)
+from deidpipe.verify import normalise, verify_session
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
+
+
+def run(tmp_path: Path, profile: Path, plant=None, labels=None, tamper=None) -> dict:
+    """Build a session (with an optional planted leak), stage it, optionally tamper, verify."""
+    source = tmp_path / "source"
+    build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 2)], plant=plant), source)
+    staged = tmp_path / "staged"
+    manifest = tmp_path / "manifest.json"
+    stage_session(source, profile, staged, manifest)
+    if tamper:
+        tamper(source, staged, manifest)
+    report_path = tmp_path / "report.json"
+    report = verify_session(source, staged, manifest, profile, labels or LABELS, report_path)
+    assert report == read_json(report_path)
+    return report
+
+
+def findings_of(report: dict, check: str) -> list[dict]:
+    return [finding for finding in report["findings"] if finding["check"] == check]
+
+
+def test_clean_session_passes(tmp_path, profile_v1):
+    report = run(tmp_path, profile_v1)
+    assert report["status"] == "pass"
+    assert report["findings"] == []
+    assert report["files"] == {"staged": 2, "skipped": 0, "errors": 0}
+    assert report["identifier_values_searched"] == len(FAKE_IDENTIFIERS)
+
+
+def test_identifier_in_a_private_tag_is_caught(tmp_path, profile_v1):
+    report = run(tmp_path, profile_v1, plant=plant_private_tag)
+    leaks = findings_of(report, "identifier_leak")
+    assert report["status"] == "fail"
+    assert len(leaks) == 2  # one per file
+    assert {leak["tag"] for leak in leaks} == {"private tag [DEMO VENDOR] (0029,1010)"}
+    assert {leak["source_attribute"] for leak in leaks} == {"PatientID"}
+    assert all(leak["severity"] == "fail" and leak["file"].endswith(".MR.dcm") for leak in leaks)
+
+
+def test_name_in_free_text_in_another_form_is_caught(tmp_path, profile_v1):
+    report = run(tmp_path, profile_v1, plant=plant_image_comments)
+    leaks = findings_of(report, "identifier_leak")
+    assert {leak["tag"] for leak in leaks} == {"ImageComments (0020,4000)"}
+    assert {leak["source_attribute"] for leak in leaks} == {"PatientName"}
+
+
+def plant_nested(dataset: Dataset) -> None:
+    item = Dataset()
+    item.ScheduledProcedureStepDescription = "for " + FAKE_IDENTIFIERS["AccessionNumber"]
+    dataset.RequestAttributesSequence = Sequence([item])
+
+
+def test_identifier_in_a_nested_sequence_is_caught(tmp_path, profile_v1):
+    report = run(tmp_path, profile_v1, plant=plant_nested)
+    leaks = findings_of(report, "identifier_leak")
+    assert {leak["tag"] for leak in leaks} == {
+        "RequestAttributesSequence (0040,0275) item 1 > "
+        "ScheduledProcedureStepDescription (0040,0007)"}
+    assert {leak["source_attribute"] for leak in leaks} == {"AccessionNumber"}
+
+
+def test_subject_label_equal_to_patient_id_is_caught(tmp_path, profile_v1):
+    labels = {**LABELS, "subject": FAKE_IDENTIFIERS["PatientID"]}
+    report = run(tmp_path, profile_v1, labels=labels)
+    found = findings_of(report, "labels")
+    assert report["status"] == "fail"
+    assert found == [{"check": "labels", "severity": "fail", "file": "",
+                      "tag": "sessions.tsv column 'subject'",
+                      "message": "the subject label contains the source's PatientID",
+                      "source_attribute": "PatientID"}]
+
+
+def rewrite_staged(staged: Path, change) -> None:
+    for path in staged.rglob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        change(dataset)
+        dataset.save_as(path)
+
+
+def test_profile_action_and_method_violations_are_caught(tmp_path, profile_v1):
+    def tamper(source, staged, manifest):
+        def change(dataset):
+            dataset.PatientAddress = "somewhere"
+            del dataset.Allergies
+            del dataset.DeidentificationMethod
+        rewrite_staged(staged, change)
+
+    report = run(tmp_path, profile_v1, tamper=tamper)
+    actions = {f["message"] for f in findings_of(report, "profile_actions")}
+    assert "PatientAddress should be empty but holds another value" in actions
+    assert "Allergies should be present (set to the profile's value) but is missing" in actions
+    method = findings_of(report, "deidentification_method")
+    assert len(method) == 2 and "is missing" in method[0]["message"]
+    changed = [f for f in findings_of(report, "inventory")
+               if "changed after staging" in f["message"]]
+    assert len(changed) == 2
+
+
+def test_inventory_catches_extra_missing_and_unlisted_files(tmp_path, profile_v1):
+    def tamper(source, staged, manifest):
+        (staged / "extra.dcm").write_bytes(b"x")
+        next(staged.rglob("*.MR.dcm")).unlink()
+        (source / "arrived_later.dcm").write_bytes(b"x")
+
+    report = run(tmp_path, profile_v1, tamper=tamper)
+    messages = {(f["file"], f["message"]) for f in findings_of(report, "inventory")}
+    assert ("extra.dcm", "file in the staged folder that staging did not write") in messages
+    assert ("arrived_later.dcm", "source file was neither staged nor listed as skipped") \
+        in messages
+    assert any(message == "staged file listed in the manifest is missing"
+               for _, message in messages)
+
+
+def test_a_dicom_file_skipped_as_non_dicom_is_caught(tmp_path, profile_v1):
+    def tamper(source, staged, manifest):
+        document = json.loads(manifest.read_text())
+        moved = document["files"].pop()
+        (staged / moved["staged"]).unlink()
+        document["skipped"].append({"source": moved["source"], "reason": "not a DICOM file"})
+        manifest.write_text(json.dumps(document))
+
+    report = run(tmp_path, profile_v1, tamper=tamper)
+    assert any("starts like a DICOM file" in f["message"]
+               for f in findings_of(report, "inventory"))
+
+
+def test_reports_never_hold_identifier_values(tmp_path, profile_v1):
+    def plant_everything(dataset):
+        plant_private_tag(dataset)
+        plant_image_comments(dataset)
+        plant_nested(dataset)
+
+    run(tmp_path, profile_v1, plant=plant_everything,
+        labels={**LABELS, "subject": FAKE_IDENTIFIERS["PatientID"]})
+    text = (tmp_path / "report.json").read_bytes()
+    assert b"identifier_leak" in text
+    for needle in identifier_needles():
+        assert needle not in text
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Testperson^Alice", "TESTPERSON ALICE"), ("Testperson^Alice", "testperson, alice"),
+    ("MRN-404-177", "mrn404177"),
+])
+def test_normalise_folds_case_and_separators(left, right):
+    assert normalise(left) == normalise(right)
