@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from deidpipe.profile import generate_profile
 from deidpipe.synthetic import FAKE_IDENTIFIERS
 

@@ -1,4 +1,5 @@
 import pytest
+
 from deidpipe.config import check_profile_exists, normalise_config, raw_config_overrides
 from deidpipe.errors import PipelineError
 

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fw_file_rs.dcm import Context
+
 from deidpipe.errors import PipelineError
 from deidpipe.profile import generate_profile, load_profile, lookup_keywords
-from fw_file_rs.dcm import Context
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "tests" / "data" / "reference_profiles"

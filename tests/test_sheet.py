@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from deidpipe.errors import PipelineError
 from deidpipe.sheet import load_sheet
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+
 from conftest import tree_digest
 from deidpipe.files import read_json, sha256_file
 from deidpipe.stage import stage_session

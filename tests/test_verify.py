@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
 from conftest import identifier_needles
 from deidpipe.files import read_json
 from deidpipe.stage import stage_session
@@ -15,8 +18,6 @@ from deidpipe.synthetic import (
     plant_private_tag,
 )
 from deidpipe.verify import normalise, verify_session
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
 

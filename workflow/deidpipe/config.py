@@ -72,7 +72,9 @@ def check_profile_exists(config: dict[str, Any], profiles_dir: Path) -> Path:
     """Return the folder of the configured profile, or explain which profiles exist."""
     profile_dir = profiles_dir / config["profile"]
     if not profile_dir.is_dir():
-        available = sorted(p.name for p in profiles_dir.iterdir() if p.is_dir())
+        # profiles/default is Snakemake's own workflow profile, not a de-identification one.
+        available = sorted(p.name for p in profiles_dir.iterdir()
+                           if p.is_dir() and p.name != "default")
         raise PipelineError(
             f"setting 'profile': there is no folder {profile_dir}. "
             f"Profiles available: {', '.join(available) or 'none'}."

@@ -16,8 +16,9 @@ rule upload:
         python=PYTHON,
         staged=f"{STAGING}/{SESSION_PATH}",
         fw=config["fw"],
-        command=config["upload_command"],
-        env=json.dumps(config["upload_env"]),
+        # Functions, so that Snakemake leaves the template's {placeholders} alone.
+        command=lambda wildcards: config["upload_command"],
+        env=lambda wildcards: json.dumps(config["upload_env"]),
         timeout=config["upload_timeout"],
         ledger=config["ledger"],
         reupload="--reupload" if config["reupload"] else "",

@@ -1,0 +1,136 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_FW, fw_calls
+from deidpipe.errors import PipelineError
+from deidpipe.stage import stage_session
+from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session, plant_private_tag
+from deidpipe.upload import build_command, upload_session
+from deidpipe.verify import verify_session
+
+LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
+IMPORT_17 = ("{fw} import dicom {staged_session_dir} {group} {project} "
+             "--subject {subject} --session {session} -y")
+INGEST_18 = ("{fw} ingest dicom {staged_session_dir} {group} {project} "
+             "--subject {subject} --session {session} -y")
+
+
+@pytest.fixture
+def verified(tmp_path, profile_v1):
+    """A staged and verified session; returns a function that uploads it."""
+    def prepare(plant=None):
+        source = tmp_path / "source"
+        build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 2)], plant=plant),
+                      source)
+        stage_session(source, profile_v1, tmp_path / "staged", tmp_path / "manifest.json")
+        verify_session(source, tmp_path / "staged", tmp_path / "manifest.json", profile_v1,
+                       LABELS, tmp_path / "report.json")
+    return prepare
+
+
+def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "",
+           timeout: int = 60, reupload: bool = False, extra_env=None) -> dict:
+    monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_FW_FAIL", fail)
+    return upload_session(
+        labels=LABELS, verify_report_path=tmp_path / "report.json",
+        manifest_path=tmp_path / "manifest.json", staged_session_dir=tmp_path / "staged",
+        record_path=tmp_path / "record.json", log_path=tmp_path / "fw.log", fw=str(FAKE_FW),
+        command_template=template,
+        extra_env={"FLYWHEEL_CLI_LEGACY": "true"} if extra_env is None else extra_env,
+        timeout=timeout, ledger_path=tmp_path / "ledger.jsonl", reupload=reupload)
+
+
+def test_passed_session_is_uploaded_once_with_a_record(tmp_path, monkeypatch, verified):
+    verified()
+    record = upload(tmp_path, monkeypatch)
+    calls = fw_calls(tmp_path / "calls.jsonl")
+    assert len(calls) == 1
+    assert calls[0]["argv"][:2] == ["import", "dicom"]
+    assert (calls[0]["subject"], calls[0]["session"]) == ("sub-01", "ses-01")
+    assert len(calls[0]["files"]) == 2 and all(f.endswith(".MR.dcm") for f in calls[0]["files"])
+    assert record["uploaded"] is True and record["files"] == 2 and record["exit_code"] == 0
+    assert json.loads((tmp_path / "record.json").read_text()) == record
+    assert "Uploaded 2 files" in (tmp_path / "fw.log").read_text()
+    ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert len(ledger) == 1 and ledger[0]["manifest_sha256"] == record["manifest_sha256"]
+
+
+def test_ingest_form_works_too(tmp_path, monkeypatch, verified):
+    verified()
+    upload(tmp_path, monkeypatch, template=INGEST_18, extra_env={})
+    assert fw_calls(tmp_path / "calls.jsonl")[0]["argv"][:2] == ["ingest", "dicom"]
+
+
+def test_failed_session_is_blocked_without_calling_the_cli(tmp_path, monkeypatch, verified):
+    verified(plant=plant_private_tag)
+    record = upload(tmp_path, monkeypatch)
+    assert record["uploaded"] is False
+    assert record["reason"].startswith("blocked: verification failed")
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
+def test_cli_failure_leaves_no_record(tmp_path, monkeypatch, verified):
+    verified()
+    with pytest.raises(PipelineError, match=r"upload command failed \(exit code 1\)"):
+        upload(tmp_path, monkeypatch, fail="sub-01/ses-01")
+    assert not (tmp_path / "record.json").exists()
+    assert not (tmp_path / "ledger.jsonl").exists()
+    # The next run retries and succeeds.
+    assert upload(tmp_path, monkeypatch)["uploaded"] is True
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 2
+
+
+def test_missing_legacy_flag_is_a_failure(tmp_path, monkeypatch, verified):
+    verified()
+    with pytest.raises(PipelineError, match="exit code 2"):
+        upload(tmp_path, monkeypatch, extra_env={})
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_hanging_cli_is_stopped(tmp_path, monkeypatch, verified):
+    verified()
+    monkeypatch.setenv("FAKE_FW_HANG", "sub-01/ses-01")
+    with pytest.raises(PipelineError, match="did not finish within 1 s"):
+        upload(tmp_path, monkeypatch, timeout=1)
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_changed_staged_file_is_refused(tmp_path, monkeypatch, verified):
+    verified()
+    target = next((tmp_path / "staged").rglob("*.dcm"))
+    target.write_bytes(target.read_bytes() + b"edited")
+    with pytest.raises(PipelineError, match="changed after verification"):
+        upload(tmp_path, monkeypatch)
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+
+
+def test_ledger_prevents_a_second_upload(tmp_path, monkeypatch, verified):
+    verified()
+    upload(tmp_path, monkeypatch)
+    (tmp_path / "record.json").unlink()  # results deleted, or --forceall
+    record = upload(tmp_path, monkeypatch)
+    assert record["uploaded"] is True and "not sent again" in record["note"]
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+
+
+def test_ledger_refuses_other_staged_files_unless_told(tmp_path, monkeypatch, verified):
+    verified()
+    upload(tmp_path, monkeypatch)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(manifest.read_text() + " ")  # a re-staged session (new profile, say)
+    with pytest.raises(PipelineError, match="already uploaded .* reupload=true"):
+        upload(tmp_path, monkeypatch)
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+    upload(tmp_path, monkeypatch, reupload=True)
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 2
+
+
+def test_command_template_placeholders():
+    values = {"fw": "/opt/fw", "staged_session_dir": "/s/a b", **LABELS}
+    assert build_command(IMPORT_17, values)[:4] == ["/opt/fw", "import", "dicom", "/s/a b"]
+    with pytest.raises(PipelineError, match="allowed placeholders"):
+        build_command("{fw} import {nope}", values)

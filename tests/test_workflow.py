@@ -1,0 +1,140 @@
+"""End-to-end: Snakemake on the demo, in a temporary copy of the project, as a user runs it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import FAKE_FW, files_containing_identifiers, fw_calls, run_snakemake, tree_digest
+
+DEMO = ("sub-001", "sub-002", "sub-003")
+
+
+def upload_env(log: Path, fail: str = "") -> dict[str, str]:
+    return {"FAKE_FW_LOG": str(log), "FAKE_FW_FAIL": fail}
+
+
+def upload_config(*extra: str) -> list[str]:
+    return ["--config", "upload=true", f"fw={FAKE_FW}", *extra]
+
+
+def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
+    source_before = tree_digest(project / "demo")
+    result = run_snakemake(project)
+    assert result.returncode == 0, result.stderr
+    assert (project / "results/profile/PennBrainScienceCenter.yaml").is_file()
+    for subject in DEMO:
+        assert any((project / f"staging/demo/deid-demo/{subject}/ses-01").rglob("*.dcm"))
+        report = json.loads((project / f"results/verify/demo/deid-demo/{subject}/ses-01.json")
+                            .read_text())
+        assert report["status"] == ("fail" if subject == "sub-003" else "pass")
+    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
+    assert list(summary.columns) == ["group", "project", "subject", "session", "files",
+                                     "status", "uploaded"]
+    assert dict(zip(summary.subject, summary.status, strict=True)) == {
+        "sub-001": "pass", "sub-002": "pass", "sub-003": "fail"}
+    assert set(summary.uploaded) == {"no (upload is off)"}
+    assert "3 session(s): 2 passed, 0 warned, 1 failed verification" in result.stderr
+    assert "Summary: results/summary.tsv" in result.stderr
+    # The source is only read; nothing but staging holds identifiers.
+    assert tree_digest(project / "demo") == source_before
+    assert files_containing_identifiers(project / "results") == []
+    assert files_containing_identifiers(project / ".snakemake" / "log") == []
+    for stream in (result.stdout, result.stderr):
+        assert files_containing_identifiers_in_text(stream) == []
+    # Staged copies and results are owner-only.
+    for folder in ("staging", "results"):
+        for path in [project / folder, *(project / folder).rglob("*")]:
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def files_containing_identifiers_in_text(text: str) -> list[str]:
+    from conftest import identifier_needles
+    return [needle.decode() for needle in identifier_needles() if needle.decode() in text]
+
+
+def test_failed_upload_is_retried_alone_then_nothing_is_repeated(project, fake_fw_log):
+    # (a) first run: the CLI fails for sub-002; sub-003 is blocked by verification.
+    first = run_snakemake(project, *upload_config(),
+                          env=upload_env(fake_fw_log, "sub-002/ses-01"))
+    assert first.returncode != 0
+    assert "sub-002" in first.stderr and "exit code 1" in first.stderr
+    assert sorted(call["subject"] for call in fw_calls(fake_fw_log)) == ["sub-001", "sub-002"]
+    records = project / "results/upload/demo/deid-demo"
+    assert json.loads((records / "sub-001/ses-01.json").read_text())["uploaded"] is True
+    blocked = json.loads((records / "sub-003/ses-01.json").read_text())
+    assert blocked["uploaded"] is False and "verification failed" in blocked["reason"]
+    assert not (records / "sub-002/ses-01.json").exists()
+    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)  # onerror
+    assert summary.set_index("subject").loc["sub-002", "uploaded"].startswith("no (upload failed")
+
+    # Second run: only sub-002 is sent.
+    second = run_snakemake(project, *upload_config(), env=upload_env(fake_fw_log))
+    assert second.returncode == 0, second.stderr
+    assert [call["subject"] for call in fw_calls(fake_fw_log)][2:] == ["sub-002"]
+    assert "2 uploaded" in second.stderr
+
+    # Third run: nothing to do, no call.
+    third = run_snakemake(project, *upload_config(), env=upload_env(fake_fw_log))
+    assert third.returncode == 0, third.stderr
+    assert len(fw_calls(fake_fw_log)) == 3
+
+    # Even --forceall (everything restaged and verified again) uploads nothing twice.
+    forced = run_snakemake(project, "--forceall", *upload_config(), env=upload_env(fake_fw_log))
+    assert forced.returncode == 0, forced.stderr
+    assert len(fw_calls(fake_fw_log)) == 3
+    ledger = (project / "upload-ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 2
+    assert files_containing_identifiers(project / "results") == []
+    ledger_text = (project / "upload-ledger.jsonl").read_text()
+    assert files_containing_identifiers_in_text(ledger_text) == []
+
+
+def dry_run_subjects(project: Path, *args: str) -> set[str]:
+    result = run_snakemake(project, "--dry-run", *args)
+    assert result.returncode == 0, result.stderr
+    return {subject for subject in ("sub-001", "sub-002", "sub-003", "sub-004")
+            if f"subject={subject}," in result.stdout + result.stderr}
+
+
+def test_added_or_changed_rows_plan_only_their_sessions(project):
+    assert run_snakemake(project).returncode == 0
+    assert dry_run_subjects(project) == set()
+    # (b) a row appended to the sheet plans jobs for that session only.
+    shutil.copytree(project / "demo/dicom/sub-002_ses-01", project / "demo/new")
+    with open(project / "sessions.tsv", "a") as sheet:
+        sheet.write("sub-004\tses-01\tdemo/new\tadded later\n")
+    assert dry_run_subjects(project) == {"sub-004"}
+    # A changed row (its dicom_dir) reruns that session only.
+    sheet = (project / "sessions.tsv").read_text()
+    (project / "sessions.tsv").write_text(sheet.replace("demo/dicom/sub-002_ses-01", "demo/new"))
+    assert dry_run_subjects(project) == {"sub-002", "sub-004"}
+
+
+def test_invalid_sheet_stops_before_anything_runs(project):
+    with open(project / "sessions.tsv", "a") as sheet:
+        sheet.write("../escape\tses-01\tdemo/dicom/sub-001_ses-01\t\n")
+    result = run_snakemake(project)
+    assert result.returncode != 0
+    assert "row 5, column 'subject'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "staging").exists()
+    assert not (project / "results").exists()
+
+
+def test_config_errors_are_plain_messages(project):
+    result = run_snakemake(project, "--config", "upload=maybe", "colour=blue")
+    assert result.returncode != 0
+    assert "setting 'upload' must be true or false" in result.stderr
+    assert "setting 'colour' is not a setting this pipeline knows" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing_cli = run_snakemake(project, "--config", "upload=true", "fw=/no/such/fw")
+    assert "the Flywheel CLI '/no/such/fw' was not found" in missing_cli.stderr
+    assert run_snakemake(project, "--dry-run", "--config", "fw=/no/such/fw").returncode == 0
+
+
+def test_numeric_group_keeps_its_text(project):
+    result = run_snakemake(project, "--dry-run", "--config", "group=007")
+    assert result.returncode == 0, result.stderr
+    assert "results/stage/007/deid-demo/sub-001/ses-01.json" in result.stdout + result.stderr
