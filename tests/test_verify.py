@@ -17,7 +17,7 @@ from deidpipe.synthetic import (
     plant_image_comments,
     plant_private_tag,
 )
-from deidpipe.verify import normalise, verify_session
+from deidpipe.verify import WITHHELD, normalise, verify_session
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
 
@@ -57,6 +57,8 @@ def test_identifier_in_a_private_tag_is_caught(tmp_path, profile_v1):
     assert {leak["tag"] for leak in leaks} == {"private tag [DEMO VENDOR] (0029,1010)"}
     assert {leak["source_attribute"] for leak in leaks} == {"PatientID"}
     assert all(leak["severity"] == "fail" and leak["file"].endswith(".MR.dcm") for leak in leaks)
+    assert {leak["source_file"] for leak in leaks} == {"series01/IM0001.dcm",
+                                                       "series01/IM0002.dcm"}
 
 
 def test_name_in_free_text_in_another_form_is_caught(tmp_path, profile_v1):
@@ -166,3 +168,19 @@ def test_reports_never_hold_identifier_values(tmp_path, profile_v1):
 ])
 def test_normalise_folds_case_and_separators(left, right):
     assert normalise(left) == normalise(right)
+
+
+def test_source_path_holding_an_identifier_is_withheld(tmp_path, profile_v1):
+    def tamper(source, staged, manifest):
+        # An export that named the folder after the patient.
+        document = json.loads(manifest.read_text())
+        for entry in document["files"]:
+            entry["source"] = "TESTPERSON_ALICE/" + entry["source"]
+        manifest.write_text(json.dumps(document))
+        (source / "TESTPERSON_ALICE").mkdir()
+        (source / "series01").rename(source / "TESTPERSON_ALICE" / "series01")
+
+    report = run(tmp_path, profile_v1, plant=plant_image_comments, tamper=tamper)
+    leaks = findings_of(report, "identifier_leak")
+    assert leaks and {leak["source_file"] for leak in leaks} == {WITHHELD}
+    assert b"TESTPERSON" not in (tmp_path / "report.json").read_bytes().upper()

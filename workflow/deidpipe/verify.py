@@ -46,12 +46,15 @@ class Finding:
     tag: str
     message: str
     source_attribute: str = ""
+    source_file: str = ""
 
     def as_dict(self) -> dict[str, str]:
         found = {"check": self.check, "severity": self.severity, "file": self.file,
                  "tag": self.tag, "message": self.message}
         if self.source_attribute:
             found["source_attribute"] = self.source_attribute
+        if self.source_file:
+            found["source_file"] = self.source_file
         return found
 
 
@@ -66,6 +69,8 @@ class SessionContext:
     labels: dict[str, str]
     # normalised identifier value -> source attribute it came from (values never leave memory)
     identifiers: dict[str, str] = field(default_factory=dict)
+    # Person-name components ('testperson', 'alice'): used to decide what a report may show.
+    name_parts: set[str] = field(default_factory=set)
     too_short_to_search: int = 0
 
 
@@ -127,6 +132,10 @@ def collect_identifiers(source: Path, context: SessionContext) -> None:
             continue
         values = element.value if isinstance(element.value, MultiValue) else [element.value]
         for value in values:
+            if element.VR == "PN":
+                context.name_parts.update(
+                    part for part in map(normalise, re.split(r"[\^=\s,]+", str(value)))
+                    if len(part) >= MIN_SEARCHABLE_CHARACTERS)
             normalised = normalise(str(value))
             if len(normalised) >= MIN_SEARCHABLE_CHARACTERS:
                 context.identifiers.setdefault(normalised, keyword)
@@ -283,6 +292,14 @@ SESSION_CHECKS: dict[str, tuple[SessionCheck, str]] = {
 }
 
 
+def shown_source_path(source: str, context: SessionContext) -> str:
+    """The source file's relative path for a report, unless the path holds an identifier."""
+    folded = normalise(source)
+    if any(needle in folded for needle in [*context.identifiers, *context.name_parts]):
+        return WITHHELD
+    return source
+
+
 def _read_staged(path: Path, expected_sha256: str) -> tuple[Dataset | None, list[str]]:
     """Read a staged file once: hash its bytes and parse them."""
     data = path.read_bytes()
@@ -321,8 +338,11 @@ def verify_session(
                         for problem in problems)
         if dataset is None:
             continue
+        source_file = shown_source_path(entry["source"], context)
         for check, _severity in FILE_CHECKS.values():
-            findings.extend(check(dataset, entry["staged"], context))
+            for finding in check(dataset, entry["staged"], context):
+                finding.source_file = source_file
+                findings.append(finding)
     status = max((finding.severity for finding in findings), key=SEVERITY_ORDER.__getitem__,
                  default="pass")
     counts = context.manifest["counts"]
