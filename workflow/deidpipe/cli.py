@@ -19,9 +19,13 @@ def _labels(args: argparse.Namespace) -> dict[str, str]:
             "session": args.session}
 
 
-def _add_labels(parser: argparse.ArgumentParser) -> None:
-    for name in ("group", "project", "subject", "session"):
+def _add_required(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add required ``--name VALUE`` options (paths and labels the rules always pass)."""
+    for name in names:
         parser.add_argument(f"--{name}", required=True)
+
+
+LABEL_OPTIONS = ("group", "project", "subject", "session")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -94,35 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(func=cmd_profile)
 
     stage = commands.add_parser("stage", help="de-identify one session into the staging folder")
-    stage.add_argument("--dicom-dir", required=True)
-    stage.add_argument("--profile", required=True)
-    stage.add_argument("--staged-dir", required=True)
-    stage.add_argument("--manifest", required=True)
+    _add_required(stage, "dicom-dir", "profile", "staged-dir", "manifest")
     stage.add_argument("--threads", type=int, default=1)
     stage.set_defaults(func=cmd_stage)
 
     verify = commands.add_parser("verify", help="verify one staged session")
-    verify.add_argument("--dicom-dir", required=True)
-    verify.add_argument("--staged-dir", required=True)
-    verify.add_argument("--manifest", required=True)
-    verify.add_argument("--profile", required=True)
-    verify.add_argument("--report", required=True)
-    _add_labels(verify)
+    _add_required(verify, "dicom-dir", "staged-dir", "manifest", "profile", "report",
+                  *LABEL_OPTIONS)
     verify.set_defaults(func=cmd_verify)
 
     upload = commands.add_parser("upload", help="upload one verified session to Flywheel")
-    upload.add_argument("--report", required=True)
-    upload.add_argument("--manifest", required=True)
-    upload.add_argument("--staged-dir", required=True)
-    upload.add_argument("--record", required=True)
-    upload.add_argument("--cli-log", required=True)
-    upload.add_argument("--fw", required=True)
-    upload.add_argument("--command", required=True)
+    _add_required(upload, "report", "manifest", "staged-dir", "record", "cli-log", "fw",
+                  "command", "ledger", *LABEL_OPTIONS)
     upload.add_argument("--env", default="{}", help="JSON mapping of extra variables")
     upload.add_argument("--timeout", type=int, required=True)
-    upload.add_argument("--ledger", required=True)
     upload.add_argument("--reupload", action="store_true")
-    _add_labels(upload)
     upload.set_defaults(func=cmd_upload)
 
     keyword = commands.add_parser("keyword", help="look up DICOM keywords by a word")
