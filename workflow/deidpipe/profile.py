@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydicom.datadict import dictionary_keyword, dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_keyword, tag_for_keyword
 from pydicom.tag import Tag
 
 from deidpipe.errors import PipelineError, join_problems
@@ -262,7 +262,3 @@ def lookup_keywords(word: str) -> list[tuple[str, str, str, str]]:
     matches.sort(key=lambda match: match[2])
     return matches
 
-
-def keyword_vr(keyword: str) -> str:
-    """The VR of a standard keyword (for VR-aware comparisons)."""
-    return dictionary_VR(tag_for_keyword(keyword))

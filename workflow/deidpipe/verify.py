@@ -366,8 +366,5 @@ def verify_session(
     return report
 
 
-def report_status(report_path: str | Path) -> str:
-    return str(read_json(report_path)["status"])
-
 
 __all__ = ["verify_session", "FILE_CHECKS", "SESSION_CHECKS", "normalise"]
