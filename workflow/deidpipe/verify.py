@@ -1,7 +1,8 @@
 """Verify one staged session before anything is uploaded; write the report as JSON.
 
-Each check is a small function listed in ``CHECKS`` with its default severity. File checks take
-(staged dataset, context) and return findings; session checks take the context. A finding names
+Each check is a small function listed in ``FILE_CHECKS`` or ``SESSION_CHECKS`` with its
+severity, which verify_session gives to its findings. File checks take (staged dataset, staged
+file name, context) and return findings; session checks take the context. A finding names
 the file, the tag path and, for leaks, which source attribute matched: never the value.
 """
 
@@ -41,12 +42,12 @@ NON_ALNUM = re.compile(r"[^0-9a-z]+")
 @dataclass
 class Finding:
     check: str
-    severity: str
     file: str
     tag: str
     message: str
     source_attribute: str = ""
     source_file: str = ""
+    severity: str = ""  # set from the check's registry entry
 
     def as_dict(self) -> dict[str, str]:
         found = {"check": self.check, "severity": self.severity, "file": self.file,
@@ -71,7 +72,8 @@ class SessionContext:
     identifiers: dict[str, str] = field(default_factory=dict)
     # Person-name components ('testperson', 'alice'): used to decide what a report may show.
     name_parts: set[str] = field(default_factory=set)
-    too_short_to_search: int = 0
+    # Distinct values too short to search (counted in the report, never written).
+    too_short_to_search: set[str] = field(default_factory=set)
 
 
 def normalise(text: str) -> str:
@@ -81,6 +83,12 @@ def normalise(text: str) -> str:
     ('MRN-123-45' and 'MRN12345').
     """
     return NON_ALNUM.sub("", text.casefold())
+
+
+def matched_attributes(folded_text: str, context: SessionContext) -> list[str]:
+    """Source attributes whose (normalised) identifying value occurs in ``folded_text``."""
+    return [attribute for needle, attribute in context.identifiers.items()
+            if needle in folded_text]
 
 
 def element_path(parents: list[str], element: DataElement) -> str:
@@ -93,7 +101,7 @@ def element_path(parents: list[str], element: DataElement) -> str:
 
 
 def walk_text(dataset: Dataset, parents: list[str] | None = None
-              ) -> Iterator[tuple[str, DataElement, str]]:
+              ) -> Iterator[tuple[str, str]]:
     """Every element's value as text, depth first, sequences and private tags included.
 
     Binary values (OB/UN/OW...) are decoded as Latin-1 so that text hidden in them is seen;
@@ -117,7 +125,7 @@ def walk_text(dataset: Dataset, parents: list[str] | None = None
             text = "\\".join(str(part) for part in value)
         else:
             text = str(value)
-        yield element_path(parents, element), element, text
+        yield element_path(parents, element), text
 
 
 def collect_identifiers(source: Path, context: SessionContext) -> None:
@@ -140,7 +148,7 @@ def collect_identifiers(source: Path, context: SessionContext) -> None:
             if len(normalised) >= MIN_SEARCHABLE_CHARACTERS:
                 context.identifiers.setdefault(normalised, keyword)
             else:
-                context.too_short_to_search += 1
+                context.too_short_to_search.add(normalised)
 
 
 # ---- file checks: (staged dataset, staged file name, context) -> findings --------------------
@@ -153,17 +161,17 @@ def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) 
         element = dataset.data_element(keyword) if keyword in dataset else None
         if profile_field.get("remove"):
             if element is not None:
-                findings.append(Finding("profile_actions", "fail", name, element_path([], element),
+                findings.append(Finding("profile_actions", name, element_path([], element),
                                         f"{keyword} should have been removed but is present"))
             continue
         replacement = str(profile_field.get("replace-with", ""))
         if element is None:
-            findings.append(Finding("profile_actions", "fail", name, keyword,
+            findings.append(Finding("profile_actions", name, keyword,
                                     f"{keyword} should be present (set to the profile's value) "
                                     "but is missing"))
         elif not _value_equals(element, replacement):
             what = "empty" if replacement == "" else "the profile's replacement"
-            findings.append(Finding("profile_actions", "fail", name, element_path([], element),
+            findings.append(Finding("profile_actions", name, element_path([], element),
                                     f"{keyword} should be {what} but holds another value"))
     return findings
 
@@ -194,7 +202,7 @@ def check_deidentification_method(dataset: Dataset, name: str,
     value = str(dataset.get("DeidentificationMethod", "") or "")
     if value == context.profile.version:
         return []
-    return [Finding("deidentification_method", "fail", name,
+    return [Finding("deidentification_method", name,
                     "DeidentificationMethod (0012,0063)",
                     f"DeidentificationMethod should be '{context.profile.version}'"
                     + (" but is missing" if not value else " but holds another value"))]
@@ -205,16 +213,11 @@ def check_identifier_leak(dataset: Dataset, name: str, context: SessionContext) 
     if not context.identifiers:
         return []
     findings = []
-    for path, _element, text in walk_text(dataset):
-        haystack = normalise(text)
-        if len(haystack) < MIN_SEARCHABLE_CHARACTERS:
-            continue
-        for needle, source_attribute in context.identifiers.items():
-            if needle in haystack:
-                findings.append(Finding(
-                    "identifier_leak", "fail", name, path,
-                    f"holds the source's {source_attribute} (value not shown)",
-                    source_attribute))
+    for path, text in walk_text(dataset):
+        for source_attribute in matched_attributes(normalise(text), context):
+            findings.append(Finding(
+                "identifier_leak", name, path,
+                f"holds the source's {source_attribute} (value not shown)", source_attribute))
     return findings
 
 
@@ -230,29 +233,29 @@ def check_inventory(context: SessionContext) -> list[Finding]:
     listed: list[str] = [entry["source"] for part in ("files", "skipped", "errors")
                          for entry in manifest[part]]
     for source in sorted(expected - set(listed)):
-        findings.append(Finding("inventory", "fail", source, "",
+        findings.append(Finding("inventory", source, "",
                                 "source file was neither staged nor listed as skipped"))
     for source in sorted({s for s in listed if listed.count(s) > 1}):
-        findings.append(Finding("inventory", "fail", source, "",
+        findings.append(Finding("inventory", source, "",
                                 "source file is listed more than once in the manifest"))
     for entry in manifest["errors"]:
-        findings.append(Finding("inventory", "fail", entry["source"], "",
+        findings.append(Finding("inventory", entry["source"], "",
                                 f"could not be staged: {entry['error']}"))
     for entry in manifest["skipped"]:
         if entry["reason"] == "not a DICOM file" and _has_dicom_preamble(
                 context.dicom_dir / entry["source"]):
-            findings.append(Finding("inventory", "fail", entry["source"], "",
+            findings.append(Finding("inventory", entry["source"], "",
                                     "was skipped as not DICOM but starts like a DICOM file"))
     staged_on_disk = files_below(context.staged_session_dir)
     staged_listed = {entry["staged"] for entry in manifest["files"]}
     for staged in sorted(staged_on_disk - staged_listed):
-        findings.append(Finding("inventory", "fail", staged, "",
+        findings.append(Finding("inventory", staged, "",
                                 "file in the staged folder that staging did not write"))
     for staged in sorted(staged_listed - staged_on_disk):
-        findings.append(Finding("inventory", "fail", staged, "",
+        findings.append(Finding("inventory", staged, "",
                                 "staged file listed in the manifest is missing"))
     if not manifest["files"]:
-        findings.append(Finding("inventory", "fail", "", "",
+        findings.append(Finding("inventory", "", "",
                                 "no DICOM file was staged for this session"))
     return findings
 
@@ -265,18 +268,17 @@ def _has_dicom_preamble(path: Path) -> bool:
         return False
 
 
+def labels_holding_identifiers(context: SessionContext) -> list[tuple[str, str]]:
+    """(label column, source attribute) for each label that holds an identifying value."""
+    return [(column, attribute) for column in ("subject", "session")
+            for attribute in matched_attributes(normalise(context.labels[column]), context)]
+
+
 def check_labels(context: SessionContext) -> list[Finding]:
     """Subject and session labels hold no identifier (an MRN typed as subject label, say)."""
-    findings = []
-    for column in ("subject", "session"):
-        label = normalise(context.labels[column])
-        for needle, source_attribute in context.identifiers.items():
-            if needle in label:
-                findings.append(Finding(
-                    "labels", "fail", "", f"sessions.tsv column '{column}'",
-                    f"the {column} label contains the source's {source_attribute}",
-                    source_attribute))
-    return findings
+    return [Finding("labels", "", f"sessions.tsv column '{column}'",
+                    f"the {column} label contains the source's {attribute}", attribute)
+            for column, attribute in labels_holding_identifiers(context)]
 
 
 FileCheck = Callable[[Dataset, str, SessionContext], list[Finding]]
@@ -290,12 +292,14 @@ SESSION_CHECKS: dict[str, tuple[SessionCheck, str]] = {
     "inventory": (check_inventory, "fail"),
     "labels": (check_labels, "fail"),
 }
+SEVERITY_OF_CHECK = {name: severity for name, (_check, severity)
+                     in {**SESSION_CHECKS, **FILE_CHECKS}.items()}
 
 
 def shown_source_path(source: str, context: SessionContext) -> str:
     """The source file's relative path for a report, unless the path holds an identifier."""
     folded = normalise(source)
-    if any(needle in folded for needle in [*context.identifiers, *context.name_parts]):
+    if matched_attributes(folded, context) or any(part in folded for part in context.name_parts):
         return WITHHELD
     return source
 
@@ -334,7 +338,7 @@ def verify_session(
         if not staged_path.is_file():
             continue  # reported by the inventory check
         dataset, problems = _read_staged(staged_path, entry["sha256"])
-        findings.extend(Finding("inventory", "fail", entry["staged"], "", problem)
+        findings.extend(Finding("inventory", entry["staged"], "", problem)
                         for problem in problems)
         if dataset is None:
             continue
@@ -343,11 +347,13 @@ def verify_session(
             for finding in check(dataset, entry["staged"], context):
                 finding.source_file = source_file
                 findings.append(finding)
+    for finding in findings:
+        finding.severity = SEVERITY_OF_CHECK[finding.check]
     status = max((finding.severity for finding in findings), key=SEVERITY_ORDER.__getitem__,
                  default="pass")
     counts = context.manifest["counts"]
     # A label found to hold an identifier is not repeated in the report.
-    flagged = {finding.tag.split("'")[1] for finding in findings if finding.check == "labels"}
+    flagged = {column for column, _attribute in labels_holding_identifiers(context)}
     shown_labels = {key: (WITHHELD if key in flagged else value) for key, value in labels.items()}
     report = {
         "session": shown_labels,
@@ -356,15 +362,14 @@ def verify_session(
                   "errors": counts["error"]},
         "profile": context.manifest["profile"],
         "identifier_values_searched": len(context.identifiers),
-        "identifier_values_too_short_to_search": context.too_short_to_search,
+        "identifier_values_too_short_to_search": len(context.too_short_to_search),
         "checks": {name: {"default_severity": severity,
                           "findings": sum(f.check == name for f in findings)}
-                   for name, (_check, severity) in {**SESSION_CHECKS, **FILE_CHECKS}.items()},
+                   for name, severity in SEVERITY_OF_CHECK.items()},
         "findings": [finding.as_dict() for finding in findings],
     }
     write_json(report_path, report)
     return report
-
 
 
 __all__ = ["verify_session", "FILE_CHECKS", "SESSION_CHECKS", "normalise"]
