@@ -12,7 +12,7 @@ TEXT_KEYS = ("group", "project", "sessions", "profile", "staging", "results", "f
 TRUE_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 
-def _as_bool(key: str, value: Any) -> Any:
+def _as_bool(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in TRUE_WORDS:
@@ -56,7 +56,7 @@ def normalise_config(config: dict[str, Any], argv: list[str] | None = None) -> d
     checked = dict(config)
     for key in BOOLEAN_KEYS:
         if key in checked:
-            checked[key] = _as_bool(key, checked[key])
+            checked[key] = _as_bool(checked[key])
     for key in TEXT_KEYS:
         if key in checked:
             checked[key] = _as_text(key, checked[key], raw_overrides)

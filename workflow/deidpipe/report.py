@@ -16,7 +16,6 @@ def session_paths(results: str | Path, session: SessionRow) -> dict[str, Path]:
     """Where a session's results live (the names the rules use)."""
     results = Path(results)
     return {
-        "manifest": results / "stage" / f"{session.path}.json",
         "verify": results / "verify" / f"{session.path}.json",
         "upload": results / "upload" / f"{session.path}.json",
     }

@@ -34,8 +34,6 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "is empty"
     if error.validator == "minimum":
         return f"must be at least {error.validator_value}"
-    if error.validator == "required":
-        return error.message.split("'")[1] + " is missing"
     return error.message
 
 
