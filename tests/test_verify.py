@@ -8,6 +8,7 @@ from pydicom.sequence import Sequence
 
 from conftest import identifier_needles
 from deidpipe.files import read_json
+from deidpipe.identifiers import normalise
 from deidpipe.stage import stage_session
 from deidpipe.synthetic import (
     FAKE_IDENTIFIERS,
@@ -17,7 +18,7 @@ from deidpipe.synthetic import (
     plant_image_comments,
     plant_private_tag,
 )
-from deidpipe.verify import WITHHELD, normalise, verify_session
+from deidpipe.verify import WITHHELD, verify_session
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
 

@@ -28,14 +28,15 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
         assert any((project / f"staging/demo/deid-demo/{subject}/ses-01").rglob("*.dcm"))
         report = json.loads((project / f"results/verify/demo/deid-demo/{subject}/ses-01.json")
                             .read_text())
-        assert report["status"] == ("fail" if subject == "sub-003" else "pass")
+        assert report["status"] == {"sub-001": "pass", "sub-002": "warn",
+                                    "sub-003": "fail"}[subject]
     summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
     assert list(summary.columns) == ["group", "project", "subject", "session", "files",
                                      "status", "uploaded"]
     assert dict(zip(summary.subject, summary.status, strict=True)) == {
-        "sub-001": "pass", "sub-002": "pass", "sub-003": "fail"}
+        "sub-001": "pass", "sub-002": "warn", "sub-003": "fail"}
     assert set(summary.uploaded) == {"no (upload is off)"}
-    assert "3 session(s): 2 passed, 0 warned, 1 failed verification" in result.stderr
+    assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in result.stderr
     assert "Summary: results/summary.tsv" in result.stderr
     # The source is only read; nothing but staging holds identifiers.
     assert tree_digest(project / "demo") == source_before

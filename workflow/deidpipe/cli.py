@@ -51,9 +51,13 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from deidpipe.verify import verify_session
 
     report = verify_session(args.dicom_dir, args.staged_dir, args.manifest, args.profile,
-                            _labels(args), args.report)
+                            _labels(args), args.report, settings=json.loads(args.settings))
     print(f"verification {report['status']}: {len(report['findings'])} finding(s); "
           f"report {args.report}", file=sys.stderr)
+    if report["phi_log"]:
+        print(f"WARNING: the PHI log {report['phi_log']} holds patient identifiers "
+              "(values before and after de-identification). Keep it private; delete it when "
+              "the audit is done.", file=sys.stderr)
 
 
 def cmd_upload(args: argparse.Namespace) -> None:
@@ -63,7 +67,8 @@ def cmd_upload(args: argparse.Namespace) -> None:
         labels=_labels(args), verify_report_path=args.report, manifest_path=args.manifest,
         staged_session_dir=args.staged_dir, record_path=args.record, log_path=args.cli_log,
         fw=args.fw, command_template=args.command, extra_env=json.loads(args.env),
-        timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload)
+        timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload,
+        upload_warned=not args.hold_warned)
     if not record["uploaded"]:
         print(f"not uploaded: {record['reason']}", file=sys.stderr)
     else:
@@ -105,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="verify one staged session")
     _add_required(verify, "dicom-dir", "staged-dir", "manifest", "profile", "report",
                   *LABEL_OPTIONS)
+    verify.add_argument("--settings", default="{}",
+                        help="JSON: checks (severities), identifier_attributes, phi_log")
     verify.set_defaults(func=cmd_verify)
 
     upload = commands.add_parser("upload", help="upload one verified session to Flywheel")
@@ -113,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--env", default="{}", help="JSON mapping of extra variables")
     upload.add_argument("--timeout", type=int, required=True)
     upload.add_argument("--reupload", action="store_true")
+    upload.add_argument("--hold-warned", action="store_true",
+                        help="do not upload sessions whose verification status is warn")
     upload.set_defaults(func=cmd_upload)
 
     keyword = commands.add_parser("keyword", help="look up DICOM keywords by a word")

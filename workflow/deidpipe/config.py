@@ -3,12 +3,14 @@
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
+
 from deidpipe.errors import PipelineError, join_problems
 from deidpipe.schema import apply_defaults, schema_problems
 
-BOOLEAN_KEYS = ("upload", "reupload")
+BOOLEAN_KEYS = ("upload", "reupload", "upload_warned")
 TEXT_KEYS = ("group", "project", "sessions", "profile", "staging", "results", "fw",
-             "upload_command", "ledger")
+             "upload_command", "ledger", "phi_log")
 TRUE_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 
@@ -60,12 +62,35 @@ def normalise_config(config: dict[str, Any], argv: list[str] | None = None) -> d
     for key in TEXT_KEYS:
         if key in checked:
             checked[key] = _as_text(key, checked[key], raw_overrides)
+    if isinstance(checked.get("checks"), dict):
+        # YAML reads a bare 'off' as false: take it as the word that was meant.
+        checked["checks"] = {name: "off" if severity is False else severity
+                             for name, severity in checked["checks"].items()}
     checked = apply_defaults(checked, "config")
     problems = [f"setting '{field}' {problem}" for field, problem in
                 schema_problems(checked, "config")]
+    if not problems:
+        problems = _meaning_problems(checked)
     if problems:
         raise PipelineError(join_problems("config.yaml (or --config) is not valid:", problems))
     return checked
+
+
+def _meaning_problems(config: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: unknown DICOM keywords, a PHI log inside the outputs."""
+    problems = [f"setting 'identifier_attributes': '{keyword}' is not a DICOM keyword "
+                "(try: deidpipe keyword WORD)"
+                for keyword in config["identifier_attributes"]
+                if tag_for_keyword(keyword) is None]
+    if config["phi_log"]:
+        phi_log = Path(config["phi_log"]).resolve()
+        for key in ("staging", "results"):
+            folder = Path(config[key]).resolve()
+            if phi_log == folder or folder in phi_log.parents or phi_log in folder.parents:
+                problems.append(f"setting 'phi_log' must be a folder outside '{key}' "
+                                f"({config[key]}): the PHI log holds identifiers and must "
+                                "never be uploaded or shared with the results")
+    return problems
 
 
 def check_profile_exists(config: dict[str, Any], profiles_dir: Path) -> Path:

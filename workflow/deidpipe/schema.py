@@ -32,6 +32,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         )
     if error.validator == "minLength":
         return "is empty"
+    if error.validator == "enum":
+        return "must be one of: " + ", ".join(str(value) for value in error.validator_value)
     if error.validator == "minimum":
         return f"must be at least {error.validator_value}"
     return error.message

@@ -36,6 +36,8 @@ class SeriesSpec:
     template: str  # a pydicom test file name, e.g. "MR_small.dcm"
     description: str
     files: int
+    # pydicom's MR_small says DERIVED\SECONDARY; scanner series are ORIGINAL\PRIMARY.
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "OTHER")
 
 
 @dataclass
@@ -75,6 +77,7 @@ def build_session(spec: SessionSpec, session_dir: str | Path) -> list[Path]:
             dataset.SeriesNumber = series_number
             dataset.InstanceNumber = instance
             dataset.SeriesDescription = series.description
+            dataset.ImageType = list(series.image_type)
             if spec.plant:
                 spec.plant(dataset)
             path = series_dir / f"IM{instance:04d}.dcm"

@@ -98,6 +98,7 @@ def upload_session(
     timeout: int,
     ledger_path: str | Path,
     reupload: bool = False,
+    upload_warned: bool = True,
 ) -> dict[str, Any]:
     """Gate, re-check and upload one session; write its record. Raise PipelineError on failure."""
     staged_session_dir = Path(staged_session_dir)
@@ -108,6 +109,12 @@ def upload_session(
     if report["status"] == "fail":
         record = {"uploaded": False, "time": now,
                   "reason": "blocked: verification failed "
+                            f"({len(report['findings'])} finding(s)); see {verify_report_path}"}
+        write_json(record_path, record)
+        return record
+    if report["status"] == "warn" and not upload_warned:
+        record = {"uploaded": False, "time": now,
+                  "reason": "held: verification warned and 'upload_warned' is false "
                             f"({len(report['findings'])} finding(s)); see {verify_report_path}"}
         write_json(record_path, record)
         return record

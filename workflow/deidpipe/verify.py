@@ -1,42 +1,96 @@
 """Verify one staged session before anything is uploaded; write the report as JSON.
 
-Each check is a small function listed in ``FILE_CHECKS`` or ``SESSION_CHECKS`` with its
-severity, which verify_session gives to its findings. File checks take (staged dataset, staged
-file name, context) and return findings; session checks take the context. A finding names
-the file, the tag path and, for leaks, which source attribute matched: never the value.
+Checks are listed in ``CHECKS`` with their default severity; the config may set each to
+``fail``, ``warn`` or ``off`` (``inventory`` is always ``fail``: an incomplete session is
+never uploaded). A finding names the file, the tag path and, for leaks, which source attribute
+matched: never the value. Besides findings the report carries what a person reviews: private
+creators, burned-in flags, distinct free-text values, the Basic Profile audit and the
+attribute changes staging made.
 """
 
+import csv
 import hashlib
 import io
-import re
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from deidpipe.files import files_below, read_json, write_json
+from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
+from deidpipe.burned_in import BurnedInScreen
+from deidpipe.errors import PipelineError
+from deidpipe.files import files_below, read_json, write_json, write_private_bytes
+from deidpipe.identifiers import IdentifierSet, Matcher, Needle
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
 
-# Source attributes whose values must not survive staging anywhere (issue contract, check 4).
-IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
-    "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers",
-    "ReferringPhysicianName", "PerformingPhysicianName",
-)
-# Values with fewer letters and digits than this are not searched: "1" or "--" would match
-# everywhere and mean nothing. The report counts how many were left out.
-MIN_SEARCHABLE_CHARACTERS = 3
 WITHHELD = "(withheld: holds an identifier)"
 SEVERITY_ORDER = {"pass": 0, "warn": 1, "fail": 2}
-PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-NON_ALNUM = re.compile(r"[^0-9a-z]+")
+SEVERITIES = ("fail", "warn", "off")
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PREAMBLE_BYTES = 128
+
+
+@dataclass(frozen=True)
+class Check:
+    default: str
+    description: str
+    configurable: bool = True
+
+
+CHECKS: dict[str, Check] = {
+    "inventory": Check("fail", "every source file is staged or listed as skipped; every staged "
+                       "file is listed and unaltered", configurable=False),
+    "integrity": Check("fail", "staged files parse; pixel data and frame count equal the "
+                       "source's"),
+    "profile_actions": Check("fail", "every action of the profile holds in every staged file"),
+    "deidentification_method": Check("fail", "DeidentificationMethod names the profile version"),
+    "identifier_leak": Check("fail", "no patient identifier of the source (IDs, birth date, "
+                             "address, telephone, full name in any order or format) remains "
+                             "in any element, in the raw bytes, or in file and folder names"),
+    "name_part": Check("warn", "no single part (3+ letters) of the patient's name remains"),
+    "staff_name": Check("warn", "no full name of staff (operator, physicians) remains"),
+    "labels": Check("fail", "subject and session labels hold no identifier"),
+    "burned_in_annotation": Check("fail", "no staged image says BurnedInAnnotation = YES"),
+    "burned_in_risk": Check("warn", "images of classes where burned-in text is common "
+                            "(secondary capture, ultrasound, screen saves, dose reports) "
+                            "are flagged for a look"),
+    "private_tags": Check("warn", "private tags (left untouched by the profile) are reported"),
+}
+LEAK_CHECK_OF_KIND = {"identifier": "identifier_leak", "name_part": "name_part",
+                      "staff_name": "staff_name"}
+# Free-text attributes collected for a person to read (besides every LT, ST and UT element).
+FREE_TEXT_KEYWORDS = frozenset({
+    "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "StudyComments",
+    "RequestedProcedureDescription", "PerformedProcedureStepDescription",
+    "AdditionalPatientHistory",
+})
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+
+
+def resolve_severities(configured: dict[str, str] | None) -> dict[str, str]:
+    """Each check's severity: the config's where given ('keep' means off for private tags)."""
+    severities = {name: check.default for name, check in CHECKS.items()}
+    for name, severity in (configured or {}).items():
+        if name not in CHECKS:
+            raise PipelineError(f"setting 'checks.{name}': there is no check of that name; "
+                                f"checks: {', '.join(CHECKS)}")
+        severity = "off" if severity == "keep" else severity
+        if severity not in SEVERITIES:
+            raise PipelineError(f"setting 'checks.{name}' must be fail, warn or off")
+        if not CHECKS[name].configurable and severity != CHECKS[name].default:
+            raise PipelineError(f"setting 'checks.{name}' cannot be changed: a session with "
+                                "missing or altered files is never uploaded")
+        severities[name] = severity
+    return severities
 
 
 @dataclass
@@ -47,7 +101,7 @@ class Finding:
     message: str
     source_attribute: str = ""
     source_file: str = ""
-    severity: str = ""  # set from the check's registry entry
+    severity: str = ""  # set from the configured severity of the check
 
     def as_dict(self) -> dict[str, str]:
         found = {"check": self.check, "severity": self.severity, "file": self.file,
@@ -61,52 +115,68 @@ class Finding:
 
 @dataclass
 class SessionContext:
-    """What the checks of one session need to know."""
+    """What the checks of one session need to know, and what they tally for the report."""
 
     dicom_dir: Path
     staged_session_dir: Path
     manifest: dict[str, Any]
     profile: Profile
     labels: dict[str, str]
-    # normalised identifier value -> source attribute it came from (values never leave memory)
-    identifiers: dict[str, str] = field(default_factory=dict)
-    # Person-name components ('testperson', 'alice'): used to decide what a report may show.
-    name_parts: set[str] = field(default_factory=set)
-    # Distinct values too short to search (counted in the report, never written).
-    too_short_to_search: set[str] = field(default_factory=set)
+    severities: dict[str, str]
+    identifiers: IdentifierSet
+    matcher: Matcher = field(default_factory=lambda: Matcher([]))
+    burned_in: BurnedInScreen | None = None
+    findings: list[Finding] = field(default_factory=list)
+    private_creators: Counter[tuple[str, str]] = field(default_factory=Counter)
+    private_creator_files: defaultdict[tuple[str, str], set[str]] = field(
+        default_factory=lambda: defaultdict(set))
+    free_text: defaultdict[tuple[str, str, str], set[str]] = field(
+        default_factory=lambda: defaultdict(set))
+    free_text_withheld: set[tuple[str, str]] = field(default_factory=set)
+    basic_profile: Counter[tuple[int, str]] = field(default_factory=Counter)
+    changes: Counter[tuple[int, str]] = field(default_factory=Counter)
+    burned_in_flags: list[dict[str, str]] = field(default_factory=list)
+    phi_rows: list[list[str]] | None = None
+
+    def active(self, check: str) -> bool:
+        return self.severities[check] != "off"
+
+    def add(self, finding: Finding) -> None:
+        if self.active(finding.check):
+            finding.severity = self.severities[finding.check]
+            self.findings.append(finding)
 
 
-def normalise(text: str) -> str:
-    """Case, separators and whitespace folded: 'Doe^John' and 'DOE, JOHN' both become 'doejohn'.
-
-    Folding separators away also matches identifiers written with or without them
-    ('MRN-123-45' and 'MRN12345').
-    """
-    return NON_ALNUM.sub("", text.casefold())
-
-
-def matched_attributes(folded_text: str, context: SessionContext) -> list[str]:
-    """Source attributes whose (normalised) identifying value occurs in ``folded_text``."""
-    return [attribute for needle, attribute in context.identifiers.items()
-            if needle in folded_text]
-
+# ---- reading DICOM ---------------------------------------------------------------------------
 
 def element_path(parents: list[str], element: DataElement) -> str:
     """A tag path people can read: 'RequestAttributesSequence (0040,0275) item 1 > ...'."""
+    return " > ".join([*parents, element_name(element)])
+
+
+def element_name(element: DataElement) -> str:
     name = element.keyword or (f"private tag [{element.private_creator}]"
                                if element.tag.is_private and element.private_creator
                                else "private tag" if element.tag.is_private else "unknown tag")
-    here = f"{name} ({element.tag.group:04X},{element.tag.element:04X})"
-    return " > ".join([*parents, here])
+    return f"{name} ({element.tag.group:04X},{element.tag.element:04X})"
 
 
-def walk_text(dataset: Dataset, parents: list[str] | None = None
-              ) -> Iterator[tuple[str, str]]:
-    """Every element's value as text, depth first, sequences and private tags included.
+def element_text(element: DataElement) -> str:
+    """An element's value as text; binary values (OB/UN...) decoded as Latin-1 so that text
+    hidden in them is seen."""
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(part) for part in value)
+    return str(value)
 
-    Binary values (OB/UN/OW...) are decoded as Latin-1 so that text hidden in them is seen;
-    pixel data is skipped.
-    """
+
+def walk_elements(dataset: Dataset, parents: list[str] | None = None
+                  ) -> Iterator[tuple[str, DataElement]]:
+    """Every non-sequence element with its tag path, depth first; pixel data skipped."""
     parents = parents or []
     for element in dataset:
         if int(element.tag) in PIXEL_TAGS:
@@ -114,66 +184,54 @@ def walk_text(dataset: Dataset, parents: list[str] | None = None
         if element.VR == "SQ":
             path = element_path(parents, element)
             for number, item in enumerate(element.value or [], start=1):
-                yield from walk_text(item, [*parents, f"{path} item {number}"])
+                yield from walk_elements(item, [*parents, f"{path} item {number}"])
             continue
-        value = element.value
-        if value is None:
-            continue
-        if isinstance(value, bytes):
-            text = value.decode("latin-1")
-        elif isinstance(value, MultiValue | list | tuple):
-            text = "\\".join(str(part) for part in value)
-        else:
-            text = str(value)
-        yield element_path(parents, element), text
+        yield element_path(parents, element), element
 
 
-def collect_identifiers(source: Path, context: SessionContext) -> None:
-    """Add the identifying values of one source file to the context (kept in memory only)."""
+def read_dataset(data: bytes) -> tuple[Dataset | None, str]:
+    """Parse DICOM bytes whole; if the end cannot be parsed, the header alone.
+
+    Returns the dataset (or None) and a problem description ('' when it parsed whole).
+    """
     try:
-        dataset = dcmread(source, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError):
-        return  # staging already listed this file as an error
-    for keyword in IDENTIFYING_KEYWORDS:
-        element = dataset.data_element(keyword) if keyword in dataset else None
-        if element is None or element.value in (None, ""):
-            continue
-        values = element.value if isinstance(element.value, MultiValue) else [element.value]
-        for value in values:
-            if element.VR == "PN":
-                context.name_parts.update(
-                    part for part in map(normalise, re.split(r"[\^=\s,]+", str(value)))
-                    if len(part) >= MIN_SEARCHABLE_CHARACTERS)
-            normalised = normalise(str(value))
-            if len(normalised) >= MIN_SEARCHABLE_CHARACTERS:
-                context.identifiers.setdefault(normalised, keyword)
-            else:
-                context.too_short_to_search.add(normalised)
+        return dcmread(io.BytesIO(data)), ""
+    except (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError) as error:
+        problem = f"the file cannot be read to its end ({type(error).__name__})"
+    try:
+        return dcmread(io.BytesIO(data), stop_before_pixels=True), problem
+    except (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError) as error:
+        return None, f"the file cannot be read as DICOM ({type(error).__name__})"
 
 
-# ---- file checks: (staged dataset, staged file name, context) -> findings --------------------
+def _read_source(path: Path, stop_before_pixels: bool) -> Dataset | None:
+    try:
+        return dcmread(path, stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, ValueError, EOFError, NotImplementedError, KeyError):
+        return None  # staging already listed this file as an error
 
-def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) -> list[Finding]:
+
+# ---- file checks -----------------------------------------------------------------------------
+
+def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) -> None:
     """Every profile action holds: replaced values equal their replacement, removed are absent."""
-    findings = []
     for profile_field in context.profile.fields:
         keyword = profile_field["name"]
         element = dataset.data_element(keyword) if keyword in dataset else None
         if profile_field.get("remove"):
             if element is not None:
-                findings.append(Finding("profile_actions", name, element_path([], element),
-                                        f"{keyword} should have been removed but is present"))
+                context.add(Finding("profile_actions", name, element_path([], element),
+                                    f"{keyword} should have been removed but is present"))
             continue
         replacement = str(profile_field.get("replace-with", ""))
         if element is None:
-            findings.append(Finding("profile_actions", name, keyword,
-                                    f"{keyword} should be present (set to the profile's value) "
-                                    "but is missing"))
+            context.add(Finding("profile_actions", name, keyword,
+                                f"{keyword} should be present (set to the profile's value) "
+                                "but is missing"))
         elif not _value_equals(element, replacement):
             what = "empty" if replacement == "" else "the profile's replacement"
-            findings.append(Finding("profile_actions", name, element_path([], element),
-                                    f"{keyword} should be {what} but holds another value"))
-    return findings
+            context.add(Finding("profile_actions", name, element_path([], element),
+                                f"{keyword} should be {what} but holds another value"))
 
 
 def _value_equals(element: DataElement, replacement: str) -> bool:
@@ -196,36 +254,155 @@ def _value_equals(element: DataElement, replacement: str) -> bool:
     return str(value).strip() == replacement.strip()
 
 
-def check_deidentification_method(dataset: Dataset, name: str,
-                                  context: SessionContext) -> list[Finding]:
+def check_deidentification_method(dataset: Dataset, name: str, context: SessionContext) -> None:
     """DeidentificationMethod names the profile's version, so anyone can see what was applied."""
     value = str(dataset.get("DeidentificationMethod", "") or "")
-    if value == context.profile.version:
-        return []
-    return [Finding("deidentification_method", name,
-                    "DeidentificationMethod (0012,0063)",
-                    f"DeidentificationMethod should be '{context.profile.version}'"
-                    + (" but is missing" if not value else " but holds another value"))]
+    if value != context.profile.version:
+        context.add(Finding("deidentification_method", name,
+                            "DeidentificationMethod (0012,0063)",
+                            f"DeidentificationMethod should be '{context.profile.version}'"
+                            + (" but is missing" if not value else " but holds another value")))
 
 
-def check_identifier_leak(dataset: Dataset, name: str, context: SessionContext) -> list[Finding]:
-    """No identifying source value appears in any element, private tags and sequences included."""
-    if not context.identifiers:
-        return []
-    findings = []
-    for path, text in walk_text(dataset):
-        for source_attribute in matched_attributes(normalise(text), context):
-            findings.append(Finding(
-                "identifier_leak", name, path,
-                f"holds the source's {source_attribute} (value not shown)", source_attribute))
-    return findings
+def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[str]:
+    """Leak scan of every element (file meta, sequences, private tags); tally private tags
+    and free text on the way. Returns the source attributes found."""
+    elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
+    texts = [element_text(element) for _path, element in elements]
+    found = context.matcher.find_in_texts(texts)
+    attributes_found = set()
+    for index, needles in sorted(found.items()):
+        path = elements[index][0]
+        for needle in needles:
+            attributes_found.add(needle.attribute)
+            context.add(_leak_finding(needle, name, path))
+    for index, (_path, element) in enumerate(elements):
+        if element.tag.is_private and element.tag.element >= 0x1000:
+            creator = (element.private_creator or "(no private creator)",
+                       f"{element.tag.group:04X}")
+            context.private_creators[creator] += 1
+            context.private_creator_files[creator].add(name)
+        if texts[index].strip() and (element.keyword in FREE_TEXT_KEYWORDS
+                                     or element.VR in FREE_TEXT_VRS):
+            attribute = element.keyword or element_name(element)
+            tag = f"({element.tag.group:04X},{element.tag.element:04X})"
+            value = texts[index].strip()
+            if index in found:
+                context.free_text_withheld.add((attribute, value))
+            else:
+                context.free_text[(attribute, tag, value)].add(name)
+    return attributes_found
 
 
-# ---- session checks: context -> findings ------------------------------------------------------
+def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
+    what = {"identifier": f"holds the source's {needle.attribute}",
+            "name_part": f"holds a part of the source's {needle.attribute}",
+            "staff_name": f"holds the name in the source's {needle.attribute}"}[needle.kind]
+    return Finding(LEAK_CHECK_OF_KIND[needle.kind], name, where, f"{what} (value not shown)",
+                   needle.attribute)
 
-def check_inventory(context: SessionContext) -> list[Finding]:
+
+def scan_raw_bytes(data: bytes, dataset: Dataset | None, name: str,
+                   attributes_found: set[str], context: SessionContext) -> None:
+    """Search the staged file's bytes for what the element scan cannot see (data after the
+    pixel data, the preamble, damaged elements)."""
+    pixel_end = _pixel_data_end(dataset)
+    for needle, offset in context.matcher.find_in_bytes(data):
+        if needle.attribute in attributes_found:
+            continue  # already reported at its element
+        if offset < PREAMBLE_BYTES:
+            where = f"file preamble (byte {offset})"
+        elif pixel_end is not None and offset >= pixel_end:
+            where = f"bytes after the pixel data (byte {offset})"
+        else:
+            where = f"raw bytes at byte {offset}, in no element the reader could parse"
+        context.add(_leak_finding(needle, name, where))
+
+
+def _pixel_data_end(dataset: Dataset | None) -> int | None:
+    if dataset is None or 0x7FE00010 not in dataset:
+        return None
+    raw = dataset.get_item(0x7FE00010)
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return None
+    if raw.length == UNDEFINED_LENGTH:  # encapsulated: items, then an 8-byte delimiter
+        return raw.value_tell + len(raw.value) + 8
+    return raw.value_tell + raw.length
+
+
+def check_integrity(staged: Dataset, source: Dataset | None, name: str,
+                    context: SessionContext) -> None:
+    """Pixel data byte-identical to the source's; same number of frames."""
+    if source is None:
+        return
+    for tag in PIXEL_TAGS:
+        in_source, in_staged = tag in source, tag in staged
+        if in_source != in_staged:
+            context.add(Finding("integrity", name, describe_tag(tag)[1],
+                                "pixel data " + ("is missing from the staged file" if in_source
+                                                 else "was added by staging")))
+        elif in_source and source.get_item(tag).value != staged.get_item(tag).value:
+            context.add(Finding("integrity", name, f"{describe_tag(tag)[0]} "
+                                f"{describe_tag(tag)[1]}",
+                                "pixel data differs from the source's"))
+    if _frames(source) != _frames(staged):
+        context.add(Finding("integrity", name, "NumberOfFrames (0028,0008)",
+                            f"{_frames(staged)} frame(s) staged, the source has "
+                            f"{_frames(source)}"))
+
+
+def _frames(dataset: Dataset) -> int:
+    try:
+        return int(dataset.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def tally_changes(staged: Dataset, source: Dataset | None, name: str,
+                  context: SessionContext) -> None:
+    """Count what staging did to each top-level attribute (values go to the PHI log only)."""
+    if source is None:
+        return
+    for tag in sorted(set(source.keys()) | set(staged.keys())):
+        if int(tag) in PIXEL_TAGS:
+            continue
+        before = source.get_item(tag) if tag in source else None
+        after = staged.get_item(tag) if tag in staged else None
+        before_value = None if before is None else before.value
+        after_value = None if after is None else after.value
+        if before_value == after_value:
+            continue
+        if after is None:
+            action = "removed"
+        elif before is None:
+            action = "added" if after_value else "added (empty)"
+        elif not after_value:
+            action = "emptied"
+        else:
+            action = "replaced"
+        context.changes[(int(tag), action)] += 1
+        if context.phi_rows is not None:
+            keyword, tag_text = describe_tag(int(tag))
+            context.phi_rows.append([
+                name, keyword, tag_text, action,
+                "" if before is None else element_text(source[tag]),
+                "" if after is None else element_text(staged[tag])])
+
+
+def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> None:
+    if context.burned_in is None:
+        return
+    for flag in context.burned_in.flags(dataset):
+        if context.active(flag.check):
+            context.add(Finding(flag.check, name, "pixel data (burned-in text)", flag.reason))
+            context.burned_in_flags.append({"file": name, "reason": flag.reason,
+                                            "severity": context.severities[flag.check]})
+
+
+# ---- session checks --------------------------------------------------------------------------
+
+def check_inventory(context: SessionContext) -> None:
     """Every source file is accounted for once; every staged file is listed and unaltered."""
-    findings = []
     manifest = context.manifest
     sources, not_followed = list_source_files(context.dicom_dir)
     expected = {source.relative_to(context.dicom_dir).as_posix() for source in sources}
@@ -233,31 +410,29 @@ def check_inventory(context: SessionContext) -> list[Finding]:
     listed: list[str] = [entry["source"] for part in ("files", "skipped", "errors")
                          for entry in manifest[part]]
     for source in sorted(expected - set(listed)):
-        findings.append(Finding("inventory", source, "",
-                                "source file was neither staged nor listed as skipped"))
+        context.add(Finding("inventory", shown_source_path(source, context), "",
+                            "source file was neither staged nor listed as skipped"))
     for source in sorted({s for s in listed if listed.count(s) > 1}):
-        findings.append(Finding("inventory", source, "",
-                                "source file is listed more than once in the manifest"))
+        context.add(Finding("inventory", shown_source_path(source, context), "",
+                            "source file is listed more than once in the manifest"))
     for entry in manifest["errors"]:
-        findings.append(Finding("inventory", entry["source"], "",
-                                f"could not be staged: {entry['error']}"))
+        context.add(Finding("inventory", shown_source_path(entry["source"], context), "",
+                            f"could not be staged: {entry['error']}"))
     for entry in manifest["skipped"]:
         if entry["reason"] == "not a DICOM file" and _has_dicom_preamble(
                 context.dicom_dir / entry["source"]):
-            findings.append(Finding("inventory", entry["source"], "",
-                                    "was skipped as not DICOM but starts like a DICOM file"))
+            context.add(Finding("inventory", shown_source_path(entry["source"], context), "",
+                                "was skipped as not DICOM but starts like a DICOM file"))
     staged_on_disk = files_below(context.staged_session_dir)
     staged_listed = {entry["staged"] for entry in manifest["files"]}
     for staged in sorted(staged_on_disk - staged_listed):
-        findings.append(Finding("inventory", staged, "",
-                                "file in the staged folder that staging did not write"))
+        context.add(Finding("inventory", shown_staged_path(staged, context), "",
+                            "file in the staged folder that staging did not write"))
     for staged in sorted(staged_listed - staged_on_disk):
-        findings.append(Finding("inventory", staged, "",
-                                "staged file listed in the manifest is missing"))
+        context.add(Finding("inventory", shown_staged_path(staged, context), "",
+                            "staged file listed in the manifest is missing"))
     if not manifest["files"]:
-        findings.append(Finding("inventory", "", "",
-                                "no DICOM file was staged for this session"))
-    return findings
+        context.add(Finding("inventory", "", "", "no DICOM file was staged for this session"))
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -268,52 +443,103 @@ def _has_dicom_preamble(path: Path) -> bool:
         return False
 
 
-def labels_holding_identifiers(context: SessionContext) -> list[tuple[str, str]]:
-    """(label column, source attribute) for each label that holds an identifying value."""
-    return [(column, attribute) for column in ("subject", "session")
-            for attribute in matched_attributes(normalise(context.labels[column]), context)]
+def labels_holding_identifiers(context: SessionContext) -> list[tuple[str, Needle]]:
+    """(label column, needle) for each label that holds an identifying value."""
+    return [(column, needle) for column in ("subject", "session")
+            for needle in context.matcher.find(context.labels[column])]
 
 
-def check_labels(context: SessionContext) -> list[Finding]:
+def check_labels(context: SessionContext) -> None:
     """Subject and session labels hold no identifier (an MRN typed as subject label, say)."""
-    return [Finding("labels", "", f"sessions.tsv column '{column}'",
-                    f"the {column} label contains the source's {attribute}", attribute)
-            for column, attribute in labels_holding_identifiers(context)]
+    for column, needle in labels_holding_identifiers(context):
+        context.add(Finding("labels", "", f"sessions.tsv column '{column}'",
+                            f"the {column} label contains "
+                            + ("the source's" if needle.kind == "identifier"
+                               else "a part of the source's") + f" {needle.attribute}",
+                            needle.attribute))
 
 
-FileCheck = Callable[[Dataset, str, SessionContext], list[Finding]]
-SessionCheck = Callable[[SessionContext], list[Finding]]
-FILE_CHECKS: dict[str, tuple[FileCheck, str]] = {
-    "profile_actions": (check_profile_actions, "fail"),
-    "deidentification_method": (check_deidentification_method, "fail"),
-    "identifier_leak": (check_identifier_leak, "fail"),
-}
-SESSION_CHECKS: dict[str, tuple[SessionCheck, str]] = {
-    "inventory": (check_inventory, "fail"),
-    "labels": (check_labels, "fail"),
-}
-SEVERITY_OF_CHECK = {name: severity for name, (_check, severity)
-                     in {**SESSION_CHECKS, **FILE_CHECKS}.items()}
+def check_staged_names(context: SessionContext) -> None:
+    """Staged folder and file names (acquisition labels come from SeriesDescription) hold no
+    identifier; Flywheel shows them as acquisition and file names."""
+    folders = sorted({entry["staged"].split("/", 1)[0] for entry in context.manifest["files"]})
+    for folder in folders:
+        for needle in context.matcher.find(folder):
+            context.add(_leak_finding(needle, shown_staged_path(f"{folder}/", context),
+                                      "folder name (the Flywheel acquisition label)"))
+    for entry in context.manifest["files"]:
+        file_name = entry["staged"].split("/", 1)[-1]
+        for needle in context.matcher.find(file_name):
+            context.add(_leak_finding(needle, shown_staged_path(entry["staged"], context),
+                                      "file name"))
 
+
+def report_private_tags(context: SessionContext) -> dict[str, Any]:
+    """Private creators and how many private elements remain; a finding unless kept."""
+    creators = [{"creator": creator, "group": group, "elements": count,
+                 "files": len(context.private_creator_files[(creator, group)])}
+                for (creator, group), count in sorted(context.private_creators.items())]
+    total = sum(context.private_creators.values())
+    if total:
+        names = ", ".join(sorted({creator["creator"] for creator in creators}))
+        context.add(Finding("private_tags", "", "private tags",
+                            f"{total} private element(s) remain from {len(creators)} private "
+                            f"creator block(s): {names}. The profile leaves private tags "
+                            "untouched; check that none holds an identifier"))
+    policy = {"off": "keep"}.get(context.severities["private_tags"],
+                                 context.severities["private_tags"])
+    return {"policy": policy, "elements": total, "creators": creators}
+
+
+# ---- showing paths without identifiers -------------------------------------------------------
 
 def shown_source_path(source: str, context: SessionContext) -> str:
     """The source file's relative path for a report, unless the path holds an identifier."""
-    folded = normalise(source)
-    if matched_attributes(folded, context) or any(part in folded for part in context.name_parts):
-        return WITHHELD
-    return source
+    return WITHHELD if context.matcher.find(source) else source
 
 
-def _read_staged(path: Path, expected_sha256: str) -> tuple[Dataset | None, list[str]]:
-    """Read a staged file once: hash its bytes and parse them."""
-    data = path.read_bytes()
-    problems = []
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
-        problems.append("staged file changed after staging (sha256 differs from the manifest)")
-    try:
-        return dcmread(io.BytesIO(data)), problems
-    except (InvalidDicomError, ValueError, EOFError) as error:
-        return None, [*problems, f"staged file cannot be read as DICOM ({type(error).__name__})"]
+def shown_staged_path(staged: str, context: SessionContext) -> str:
+    """A staged path for a report, with a folder or file name holding an identifier hidden."""
+    folder, _, file_name = staged.rpartition("/")
+    shown_folder = "(folder name withheld: holds an identifier)" if (
+        folder and context.matcher.find(folder)) else folder
+    shown_file = "(file name withheld: holds an identifier)" if (
+        file_name and context.matcher.find(file_name)) else file_name
+    return f"{shown_folder}/{shown_file}" if folder else shown_file
+
+
+# ---- the session -----------------------------------------------------------------------------
+
+def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
+    """All file checks on one staged file."""
+    name = shown_staged_path(entry["staged"], context)
+    staged_path = context.staged_session_dir / entry["staged"]
+    if not staged_path.is_file():
+        return  # reported by the inventory check
+    data = staged_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        context.add(Finding("inventory", name, "", "staged file changed after staging "
+                            "(sha256 differs from the manifest)"))
+    dataset, problem = read_dataset(data)
+    if problem:
+        context.add(Finding("integrity", name, "", problem))
+    source_file = shown_source_path(entry["source"], context)
+    first_finding = len(context.findings)
+    attributes_found: set[str] = set()
+    if dataset is not None:
+        source = _read_source(context.dicom_dir / entry["source"], stop_before_pixels=False)
+        tally_changes(dataset, source, name, context)
+        check_profile_actions(dataset, name, context)
+        check_deidentification_method(dataset, name, context)
+        attributes_found = scan_elements(dataset, name, context)
+        if not problem:
+            check_integrity(dataset, source, name, context)
+        check_burned_in(dataset, name, context)
+        for tag, action in populated_basic_profile_tags(dataset):
+            context.basic_profile[(tag, action)] += 1
+    scan_raw_bytes(data, dataset, name, attributes_found, context)
+    for finding in context.findings[first_finding:]:
+        finding.source_file = source_file
 
 
 def verify_session(
@@ -323,53 +549,89 @@ def verify_session(
     profile_path: str | Path,
     labels: dict[str, str],
     report_path: str | Path,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every check on one staged session and write its report; return the report."""
+    """Run every check on one staged session and write its report; return the report.
+
+    ``settings``: ``checks`` (check -> fail/warn/off), ``identifier_attributes`` (extra
+    keywords whose values are identifiers), ``phi_log`` (folder for the before/after value log;
+    empty or missing: no log).
+    """
+    settings = settings or {}
+    severities = resolve_severities(settings.get("checks"))
     context = SessionContext(
         dicom_dir=Path(dicom_dir), staged_session_dir=Path(staged_session_dir),
-        manifest=read_json(manifest_path), profile=load_profile(profile_path), labels=labels)
+        manifest=read_json(manifest_path), profile=load_profile(profile_path), labels=labels,
+        severities=severities,
+        identifiers=IdentifierSet(tuple(settings.get("identifier_attributes", ()))))
     for entry in context.manifest["files"]:
-        collect_identifiers(context.dicom_dir / entry["source"], context)
-    findings: list[Finding] = []
-    for check, _severity in SESSION_CHECKS.values():
-        findings.extend(check(context))
+        source = _read_source(context.dicom_dir / entry["source"], stop_before_pixels=True)
+        if source is not None:
+            context.identifiers.add_dataset(source)
+    context.matcher = context.identifiers.matcher()
+    if severities["burned_in_annotation"] != "off" or severities["burned_in_risk"] != "off":
+        context.burned_in = BurnedInScreen(use_filter_list=severities["burned_in_risk"] != "off")
+    phi_log_dir = settings.get("phi_log") or ""
+    if phi_log_dir:
+        context.phi_rows = []
+    check_inventory(context)
+    check_labels(context)
+    check_staged_names(context)
     for entry in context.manifest["files"]:
-        staged_path = context.staged_session_dir / entry["staged"]
-        if not staged_path.is_file():
-            continue  # reported by the inventory check
-        dataset, problems = _read_staged(staged_path, entry["sha256"])
-        findings.extend(Finding("inventory", entry["staged"], "", problem)
-                        for problem in problems)
-        if dataset is None:
-            continue
-        source_file = shown_source_path(entry["source"], context)
-        for check, _severity in FILE_CHECKS.values():
-            for finding in check(dataset, entry["staged"], context):
-                finding.source_file = source_file
-                findings.append(finding)
-    for finding in findings:
-        finding.severity = SEVERITY_OF_CHECK[finding.check]
-    status = max((finding.severity for finding in findings), key=SEVERITY_ORDER.__getitem__,
-                 default="pass")
+        verify_file(entry, context)
+    private_tags = report_private_tags(context)
+    status = max((finding.severity for finding in context.findings),
+                 key=SEVERITY_ORDER.__getitem__, default="pass")
     counts = context.manifest["counts"]
     # A label found to hold an identifier is not repeated in the report.
-    flagged = {column for column, _attribute in labels_holding_identifiers(context)}
+    flagged = {column for column, _needle in labels_holding_identifiers(context)}
     shown_labels = {key: (WITHHELD if key in flagged else value) for key, value in labels.items()}
+    phi_log_path = None
+    if context.phi_rows is not None:
+        phi_log_path = Path(phi_log_dir) / (
+            "/".join(shown_labels[key] if shown_labels[key] != WITHHELD else f"row-{key}"
+                     for key in ("group", "project", "subject", "session")) + ".tsv")
+        write_phi_log(phi_log_path, context.phi_rows)
     report = {
         "session": shown_labels,
         "status": status,
         "files": {"staged": counts["staged"], "skipped": counts["skipped"],
                   "errors": counts["error"]},
         "profile": context.manifest["profile"],
-        "identifier_values_searched": len(context.identifiers),
-        "identifier_values_too_short_to_search": len(context.too_short_to_search),
-        "checks": {name: {"default_severity": severity,
-                          "findings": sum(f.check == name for f in findings)}
-                   for name, severity in SEVERITY_OF_CHECK.items()},
-        "findings": [finding.as_dict() for finding in findings],
+        "engine": context.manifest.get("engine", ""),
+        "identifier_values_searched": len(context.identifiers.values),
+        "identifier_values_too_short_to_search": len(context.identifiers.too_short),
+        "checks": {name: {"severity": severities[name],
+                          "findings": sum(f.check == name for f in context.findings)}
+                   for name in CHECKS},
+        "findings": [finding.as_dict() for finding in context.findings],
+        "private_tags": private_tags,
+        "burned_in": context.burned_in_flags,
+        "free_text": [{"attribute": attribute, "tag": tag, "value": value,
+                       "files": len(names)}
+                      for (attribute, tag, value), names in sorted(context.free_text.items())],
+        "free_text_withheld": len(context.free_text_withheld),
+        "basic_profile_audit": [
+            {"attribute": describe_tag(tag)[0], "tag": describe_tag(tag)[1], "action": action,
+             "files": files}
+            for (tag, action), files in sorted(context.basic_profile.items())],
+        "changes": [{"attribute": describe_tag(tag)[0], "tag": describe_tag(tag)[1],
+                     "action": action, "files": files}
+                    for (tag, action), files in sorted(context.changes.items())],
+        "phi_log": str(phi_log_path) if phi_log_path else None,
     }
     write_json(report_path, report)
     return report
 
 
-__all__ = ["verify_session", "FILE_CHECKS", "SESSION_CHECKS", "normalise"]
+def write_phi_log(path: Path, rows: list[list[str]]) -> None:
+    """The opt-in before/after value log: holds identifiers, so owner-only and never in
+    staging or results."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(["staged_file", "attribute", "tag", "action", "before", "after"])
+    writer.writerows(rows)
+    write_private_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+__all__ = ["verify_session", "CHECKS", "resolve_severities", "WITHHELD"]

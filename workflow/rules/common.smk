@@ -44,6 +44,9 @@ RESULTS = config["results"]
 PROFILE_YAML = f"{RESULTS}/profile/{PROFILE}.yaml"
 SESSION_PATH = "{group}/{project}/{subject}/{session}"
 PYTHON = sys.executable  # the interpreter that has deidpipe installed
+VERIFY_SETTINGS = json.dumps({key: config[key]
+                              for key in ("checks", "identifier_attributes", "phi_log")},
+                             sort_keys=True)
 
 LABEL = r"[A-Za-z0-9._-]+"
 
@@ -73,6 +76,10 @@ def final_targets():
 
 def finish_run(succeeded):
     lines = write_summary(SESSIONS, RESULTS, config["upload"])
+    if config["phi_log"]:
+        lines.append(f"WARNING: the PHI log in {config['phi_log']} holds patient identifiers "
+                     "(values before and after de-identification). Keep it private and delete "
+                     "it when the audit is done.")
     if not succeeded:
         lines.append("Some jobs failed (see the errors above). Run the same command again "
                      "to retry only what failed.")

@@ -22,6 +22,7 @@ rule upload:
         timeout=config["upload_timeout"],
         ledger=config["ledger"],
         reupload="--reupload" if config["reupload"] else "",
+        hold_warned="" if config["upload_warned"] else "--hold-warned",
         cli_log=f"{RESULTS}/logs/upload/{SESSION_PATH}.fw.log",
     resources:
         flywheel_uploads=1,
@@ -32,7 +33,7 @@ rule upload:
             " --manifest {input.manifest:q} --staged-dir {params.staged:q}"
             " --record {output.record:q} --cli-log {params.cli_log:q} --fw {params.fw:q}"
             " --command {params.command:q} --env {params.env:q} --timeout {params.timeout}"
-            " --ledger {params.ledger:q} {params.reupload}"
+            " --ledger {params.ledger:q} {params.reupload} {params.hold_warned}"
             " --group {wildcards.group:q} --project {wildcards.project:q}"
             " --subject {wildcards.subject:q} --session {wildcards.session:q}"
         )

@@ -4,13 +4,20 @@ rule verify:
         manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
         profile=PROFILE_YAML,
     output:
-        report=f"{RESULTS}/verify/{SESSION_PATH}.json",
+        report=report(
+            f"{RESULTS}/verify/{SESSION_PATH}.json",
+            category="Verification",
+            subcategory="{group}/{project}",
+            labels={"subject": "{subject}", "session": "{session}"},
+        ),
     log:
         f"{RESULTS}/logs/verify/{SESSION_PATH}.log",
     params:
         dicom_dir=dicom_dir_of,
         staged=f"{STAGING}/{SESSION_PATH}",
         python=PYTHON,
+        # A function, so that Snakemake leaves the JSON's braces alone.
+        settings=lambda wildcards: VERIFY_SETTINGS,
     resources:
         mem_mb=1000,
         runtime=60,
@@ -21,4 +28,5 @@ rule verify:
             " --profile {input.profile:q} --report {output.report:q}"
             " --group {wildcards.group:q} --project {wildcards.project:q}"
             " --subject {wildcards.subject:q} --session {wildcards.session:q}"
+            " --settings {params.settings:q}"
         )

@@ -1,0 +1,254 @@
+"""Identifier values of a session's source files, and finding them again in staged data.
+
+Values are collected from the source (never written anywhere) and turned into *needles*:
+token sequences folded for case and punctuation. A needle matches text when its tokens,
+joined, equal a run of whole tokens of the text, so 'MRN-4041' matches 'mrn4041' and
+'MRN 4041' but not the middle of a longer number such as a UID component.
+
+Three strengths, each reported by its own check:
+- ``identifier``: a patient identifier (IDs, birth date in any common format, address,
+  telephone, the patient's full name in any order);
+- ``name_part``: one component (three letters or more) of a patient name on its own, weaker;
+- ``staff_name``: the full name of anyone else in a PN attribute (operator, physician).
+"""
+
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate, permutations
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+# Attributes whose values identify the patient (issue 3, section 1), besides every PN.
+IDENTIFIER_KEYWORDS = (
+    "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate",
+    "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator",
+)
+# PN attributes that name the patient or their family; every other PN names staff.
+PATIENT_NAME_KEYWORDS = frozenset({
+    "PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+    "ResponsiblePerson",
+})
+# Values with fewer letters and digits than this are not searched: "1" or "--" would match
+# everywhere and mean nothing. The report counts how many were left out.
+MIN_SEARCHABLE_CHARACTERS = 3
+TOKEN = re.compile(r"[^\W_]+")
+DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
+NAME_SEPARATORS = re.compile(r"[\^=]")
+# Separators tried between a needle's tokens when searching raw bytes.
+RAW_SEPARATORS = ("", " ", "^", ",", ", ", "-", "/", ".", "_")
+KIND_ORDER = {"identifier": 0, "staff_name": 1, "name_part": 2}
+
+
+def tokens_of(text: str) -> list[str]:
+    """Letters-and-digits runs of ``text``, case-folded: 'Doe^John' -> ['doe', 'john']."""
+    return TOKEN.findall(text.casefold())
+
+
+def normalise(text: str) -> str:
+    """Case, separators and whitespace folded away: 'DOE, John' -> 'doejohn'."""
+    return "".join(tokens_of(text))
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One searchable form of a source value. The value itself is never reported."""
+
+    tokens: tuple[str, ...]
+    attribute: str  # the source attribute it came from, e.g. 'PatientName'
+    kind: str  # 'identifier', 'name_part' or 'staff_name'
+
+    @property
+    def folded(self) -> str:
+        return "".join(self.tokens)
+
+    def raw_forms(self) -> set[bytes]:
+        """The needle as it may be written in bytes (lower case), for the raw-byte scan."""
+        return {separator.join(self.tokens).encode("utf-8") for separator in RAW_SEPARATORS}
+
+
+def date_forms(value: str) -> list[tuple[str, ...]]:
+    """A DICOM date (YYYYMMDD) as people write it: ISO, US and European, padded or not."""
+    match = DATE.match(value.strip())
+    if not match:
+        return [tuple(tokens_of(value))]
+    year, month, day = match.groups()
+    forms = {(year, month, day), (month, day, year), (day, month, year),
+             (str(int(month)), str(int(day)), year), (str(int(day)), str(int(month)), year),
+             (year + month + day,)}
+    return sorted(forms)
+
+
+def name_forms(value: str) -> tuple[list[tuple[str, ...]], list[str]]:
+    """A PN value's full-name orders ('Given Family', 'Family, Given' ...) and its parts.
+
+    Only the family, given and middle components are reordered; prefix and suffix are left
+    out of the full forms (a 'Dr' or 'Jr' is often dropped when a name is retyped).
+    """
+    components = [tokens_of(component) for component in NAME_SEPARATORS.split(value)]
+    family_given = [component for component in components[:2] if component]
+    with_middle = [component for component in components[:3] if component]
+    full_forms = {tuple(token for component in order for token in component)
+                  for names in (family_given, with_middle) for order in permutations(names)}
+    parts = [token for component in components for token in component
+             if sum(character.isalpha() for character in token) >= MIN_SEARCHABLE_CHARACTERS]
+    return sorted(form for form in full_forms if form), parts
+
+
+def _element_values(element: DataElement) -> list[str]:
+    value = element.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(part) for part in value if str(part)]
+    return [str(value)]
+
+
+def iter_elements(dataset: Dataset, parents: tuple[str, ...] = ()
+                  ) -> Iterator[tuple[tuple[str, ...], DataElement]]:
+    """Every element at any depth, with the keywords of the sequences it sits in."""
+    for element in dataset:
+        yield parents, element
+        if element.VR == "SQ":
+            for item in element.value or []:
+                yield from iter_elements(item, (*parents, element.keyword or str(element.tag)))
+
+
+@dataclass
+class IdentifierSet:
+    """The needles of one session, gathered from every source file."""
+
+    extra_keywords: tuple[str, ...] = ()
+    needles: set[Needle] = field(default_factory=set)
+    # Distinct (attribute, folded value) pairs searched for: the count the report gives.
+    values: set[tuple[str, str]] = field(default_factory=set)
+    # Distinct values too short to search (counted in the report, never written).
+    too_short: set[str] = field(default_factory=set)
+
+    def add_dataset(self, dataset: Dataset) -> None:
+        """Add the identifying values of one source dataset (kept in memory only)."""
+        wanted = set(IDENTIFIER_KEYWORDS) | set(self.extra_keywords)
+        for parents, element in iter_elements(dataset):
+            keyword = element.keyword
+            if element.VR == "PN":
+                attribute = " > ".join((*parents, keyword or str(element.tag)))
+                for value in _element_values(element):
+                    self._count(attribute, value)
+                    self._add_name(value, attribute, keyword in PATIENT_NAME_KEYWORDS)
+            elif keyword in wanted:
+                attribute = " > ".join((*parents, keyword))
+                for value in _element_values(element):
+                    self._count(attribute, value)
+                    forms = (date_forms(value) if element.VR == "DA"
+                             else [tuple(tokens_of(value))])
+                    for form in forms:
+                        self._add(form, attribute, "identifier")
+
+    def _count(self, attribute: str, value: str) -> None:
+        folded = normalise(value)
+        if len(folded) >= MIN_SEARCHABLE_CHARACTERS:
+            self.values.add((attribute, folded))
+
+    def _add_name(self, value: str, attribute: str, is_patient: bool) -> None:
+        full_forms, parts = name_forms(value)
+        for form in full_forms:
+            self._add(form, attribute, "identifier" if is_patient else "staff_name")
+        if is_patient:
+            for part in parts:
+                self._add((part,), attribute, "name_part")
+
+    def _add(self, tokens: tuple[str, ...], attribute: str, kind: str) -> None:
+        folded = "".join(tokens)
+        if len(folded) < MIN_SEARCHABLE_CHARACTERS:
+            if folded:
+                self.too_short.add(folded)
+            return
+        # One needle per written form and kind: the first attribute seen names it.
+        if not any(needle.tokens == tokens and needle.kind == kind for needle in self.needles):
+            self.needles.add(Needle(tokens, attribute, kind))
+
+    def matcher(self) -> "Matcher":
+        return Matcher(sorted(self.needles, key=lambda needle: (needle.kind, needle.folded,
+                                                                 needle.attribute)))
+
+
+@dataclass
+class Matcher:
+    """Finds needles in text (token-aligned) and in raw bytes."""
+
+    needles: list[Needle]
+
+    def __post_init__(self) -> None:
+        # One needle per folded text, the strongest kind first: a name part or staff name
+        # equal to a patient identifier adds nothing.
+        self.by_folded: dict[str, Needle] = {}
+        raw_forms: dict[str, set[bytes]] = {}
+        for needle in sorted(self.needles, key=lambda needle: KIND_ORDER[needle.kind]):
+            self.by_folded.setdefault(needle.folded, needle)
+            raw_forms.setdefault(needle.folded, set()).update(needle.raw_forms())
+        self.raw_needles = [(needle, raw_forms[folded])
+                            for folded, needle in self.by_folded.items()
+                            if needle.kind != "name_part"]
+
+    def find(self, text: str) -> list[Needle]:
+        """Needles whose tokens equal a run of whole tokens in ``text``."""
+        return self.find_in_texts([text]).get(0, [])
+
+    def find_in_texts(self, texts: Iterable[str]) -> dict[int, list[Needle]]:
+        """Needles found in each text, by index: all texts folded and searched in one pass."""
+        folded_parts: list[str] = []
+        token_ends: set[int] = set()
+        text_starts: list[int] = []
+        position = 0
+        for text in texts:
+            tokens = tokens_of(text)
+            text_starts.append(position)
+            token_ends.add(position)
+            token_ends.update(position + end for end in accumulate(map(len, tokens)))
+            folded_parts.append("".join(tokens))
+            position += len(folded_parts[-1])
+        folded = "".join(folded_parts)
+        text_ends = [start + len(part) for start, part in zip(text_starts, folded_parts,
+                                                                strict=True)]
+        found: dict[int, list[Needle]] = {}
+        for target, needle in self.by_folded.items():
+            start = folded.find(target)
+            while start >= 0:
+                end = start + len(target)
+                if start in token_ends and end in token_ends:
+                    index = _text_index(text_starts, start)
+                    # A match must lie inside one text, not straddle two.
+                    if end <= text_ends[index] and needle not in found.get(index, ()):
+                        found.setdefault(index, []).append(needle)
+                start = folded.find(target, start + 1)
+        return {index: _strongest_per_attribute(needles) for index, needles in found.items()}
+
+    def find_in_bytes(self, data: bytes) -> list[tuple[Needle, int]]:
+        """Needles written anywhere in ``data`` (case-insensitive), with the first offset."""
+        lowered = data.lower()
+        first_offset: dict[Needle, int] = {}
+        for needle, forms in self.raw_needles:
+            offsets = [offset for form in forms if (offset := lowered.find(form)) >= 0]
+            if offsets:
+                first_offset[needle] = min(offsets)
+        return [(needle, first_offset[needle])
+                for needle in _strongest_per_attribute(list(first_offset))]
+
+
+def _strongest_per_attribute(needles: list[Needle]) -> list[Needle]:
+    """One needle per source attribute: the strongest kind found (a full name over its parts)."""
+    best: dict[str, Needle] = {}
+    for needle in needles:
+        held = best.get(needle.attribute)
+        if held is None or KIND_ORDER[needle.kind] < KIND_ORDER[held.kind]:
+            best[needle.attribute] = needle
+    return list(best.values())
+
+
+def _text_index(text_starts: list[int], position: int) -> int:
+    """Index of the text a folded position belongs to (the last one starting at or before it;
+    empty texts share their start with the next one and never hold a match)."""
+    return bisect_right(text_starts, position) - 1
