@@ -85,3 +85,25 @@ def files_containing_identifiers(folder: Path) -> list[str]:
             hits += [f"{path.relative_to(folder)}: {needle.decode()}"
                      for needle in identifier_needles() if needle in data]
     return hits
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the planted-leak catch rate and the clean controls' false-fail rate."""
+    import test_planted_leaks as planted_tests
+
+    caught, controls = planted_tests.CATCH_RESULTS, planted_tests.CONTROL_RESULTS
+    if not caught and not controls:
+        return
+    terminalreporter.section("planted leaks")
+    if caught:
+        terminalreporter.write_line(
+            f"catch rate: {sum(caught.values())}/{len(caught)} planted kinds flagged with the "
+            f"right check and severity ({100 * sum(caught.values()) / len(caught):.0f}%)")
+        for kind, found in caught.items():
+            if not found:
+                terminalreporter.write_line(f"  missed: {kind}")
+    if controls:
+        fails = sum(status == "fail" for status in controls.values())
+        terminalreporter.write_line(
+            f"false-fail rate: {fails}/{len(controls)} clean control sessions failed "
+            f"({', '.join(f'{kind}: {status}' for kind, status in controls.items())})")

@@ -64,3 +64,28 @@ def test_missing_profile_lists_the_available_ones(tmp_path):
     (tmp_path / "SiteA").mkdir()
     with pytest.raises(PipelineError, match="Profiles available: SiteA"):
         check_profile_exists({**BASE, "profile": "SiteB"}, tmp_path)
+
+
+def test_check_severities_are_validated_and_bare_off_is_understood():
+    config = normalise_config({**BASE, "checks": {"name_part": False, "private_tags": "keep"}})
+    assert config["checks"] == {"name_part": "off", "private_tags": "keep"}
+    with pytest.raises(PipelineError, match="checks.name_part' must be one of: fail, warn, off"):
+        normalise_config({**BASE, "checks": {"name_part": "maybe"}})
+    with pytest.raises(PipelineError, match="'checks.leak'"):
+        normalise_config({**BASE, "checks": {"leak": "fail"}})
+    with pytest.raises(PipelineError, match="checks.inventory"):
+        normalise_config({**BASE, "checks": {"inventory": "warn"}})
+
+
+def test_identifier_attributes_must_be_dicom_keywords():
+    assert normalise_config({**BASE, "identifier_attributes": ["StudyID"]})[
+        "identifier_attributes"] == ["StudyID"]
+    with pytest.raises(PipelineError, match="'PatientMRN' is not a DICOM keyword"):
+        normalise_config({**BASE, "identifier_attributes": ["PatientMRN"]})
+
+
+@pytest.mark.parametrize("phi_log", ["results/phi", "staging", "."])
+def test_phi_log_must_be_outside_staging_and_results(phi_log):
+    with pytest.raises(PipelineError, match="setting 'phi_log' must be a folder outside"):
+        normalise_config({**BASE, "phi_log": phi_log})
+    assert normalise_config({**BASE, "phi_log": "phi-log"})["phi_log"] == "phi-log"

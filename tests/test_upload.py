@@ -31,7 +31,8 @@ def verified(tmp_path, profile_v1):
 
 
 def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "",
-           timeout: int = 60, reupload: bool = False, extra_env=None) -> dict:
+           timeout: int = 60, reupload: bool = False, extra_env=None,
+           upload_warned: bool = True) -> dict:
     monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_FW_FAIL", fail)
     return upload_session(
@@ -40,7 +41,8 @@ def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "
         record_path=tmp_path / "record.json", log_path=tmp_path / "fw.log", fw=str(FAKE_FW),
         command_template=template,
         extra_env={"FLYWHEEL_CLI_LEGACY": "true"} if extra_env is None else extra_env,
-        timeout=timeout, ledger_path=tmp_path / "ledger.jsonl", reupload=reupload)
+        timeout=timeout, ledger_path=tmp_path / "ledger.jsonl", reupload=reupload,
+        upload_warned=upload_warned)
 
 
 def test_passed_session_is_uploaded_once_with_a_record(tmp_path, monkeypatch, verified):
@@ -134,3 +136,18 @@ def test_command_template_placeholders():
     assert build_command(IMPORT_17, values)[:4] == ["/opt/fw", "import", "dicom", "/s/a b"]
     with pytest.raises(PipelineError, match="allowed placeholders"):
         build_command("{fw} import {nope}", values)
+
+
+@pytest.mark.parametrize("upload_warned, expected_calls", [(True, 1), (False, 0)])
+def test_warned_session_uploads_only_when_allowed(tmp_path, monkeypatch, verified,
+                                                   upload_warned, expected_calls):
+    def plant_operator(dataset):
+        dataset.OperatorsName = "Invented^Technologist"  # staff name kept: a warning
+
+    verified(plant=plant_operator)
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "warn"
+    record = upload(tmp_path, monkeypatch, upload_warned=upload_warned)
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == expected_calls
+    assert record["uploaded"] is upload_warned
+    if not upload_warned:
+        assert record["reason"].startswith("held: verification warned")

@@ -7,6 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import identifier_needles
+from deidpipe.errors import PipelineError
 from deidpipe.files import read_json
 from deidpipe.identifiers import normalise
 from deidpipe.stage import stage_session
@@ -185,3 +186,106 @@ def test_source_path_holding_an_identifier_is_withheld(tmp_path, profile_v1):
     leaks = findings_of(report, "identifier_leak")
     assert leaks and {leak["source_file"] for leak in leaks} == {WITHHELD}
     assert b"TESTPERSON" not in (tmp_path / "report.json").read_bytes().upper()
+
+
+def run_with(tmp_path: Path, profile: Path, settings: dict, plant=None, tamper=None) -> dict:
+    source = tmp_path / "source"
+    build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 2)], plant=plant), source)
+    staged, manifest = tmp_path / "staged", tmp_path / "manifest.json"
+    stage_session(source, profile, staged, manifest)
+    if tamper:
+        tamper(source, staged, manifest)
+    return verify_session(source, staged, manifest, profile, LABELS, tmp_path / "report.json",
+                          settings=settings)
+
+
+def test_changed_pixel_data_fails_integrity(tmp_path, profile_v1):
+    def tamper(source, staged, manifest):
+        def change(dataset):
+            pixels = bytearray(dataset.PixelData)
+            pixels[0] ^= 0xFF
+            dataset.PixelData = bytes(pixels)
+            dataset.NumberOfFrames = 2
+        rewrite_staged(staged, change)
+
+    report = run(tmp_path, profile_v1, tamper=tamper)
+    messages = {f["message"] for f in findings_of(report, "integrity")}
+    assert "pixel data differs from the source's" in messages
+    assert "2 frame(s) staged, the source has 1" in messages
+    assert report["status"] == "fail"
+
+
+def test_severities_come_from_the_settings(tmp_path, profile_v1):
+    settings = {"checks": {"identifier_leak": "warn", "private_tags": "keep"}}
+    report = run_with(tmp_path, profile_v1, settings, plant=plant_private_tag)
+    assert report["status"] == "warn"
+    assert {f["severity"] for f in findings_of(report, "identifier_leak")} == {"warn"}
+    assert findings_of(report, "private_tags") == []
+    assert report["private_tags"]["policy"] == "keep"
+    assert report["private_tags"]["creators"] == [
+        {"creator": "DEMO VENDOR", "group": "0029", "elements": 2, "files": 2}]
+    assert report["checks"]["identifier_leak"] == {"severity": "warn", "findings": 2}
+
+
+def test_a_check_switched_off_reports_nothing(tmp_path, profile_v1):
+    report = run_with(tmp_path, profile_v1, {"checks": {"identifier_leak": "off"}},
+                      plant=plant_image_comments)
+    assert findings_of(report, "identifier_leak") == []
+    assert report["status"] == "pass"
+
+
+def test_inventory_cannot_be_relaxed(tmp_path, profile_v1):
+    with pytest.raises(PipelineError, match="checks.inventory"):
+        run_with(tmp_path, profile_v1, {"checks": {"inventory": "warn"}})
+
+
+def test_free_text_is_listed_unless_it_holds_an_identifier(tmp_path, profile_v1):
+    def plant(dataset):
+        plant_image_comments(dataset)
+        dataset.StudyDescription = "Brain research protocol 7"
+
+    report = run(tmp_path, profile_v1, plant=plant)
+    shown = {(entry["attribute"], entry["value"]): entry["files"]
+             for entry in report["free_text"]}
+    assert shown[("StudyDescription", "Brain research protocol 7")] == 2
+    assert shown[("SeriesDescription", "T1w")] == 2
+    assert not any(attribute == "ImageComments" for attribute, _value in shown)
+    assert report["free_text_withheld"] == 1
+
+
+def test_basic_profile_audit_and_changes_are_counted(tmp_path, profile_v1):
+    report = run(tmp_path, profile_v1)
+    audit = {entry["attribute"]: entry for entry in report["basic_profile_audit"]}
+    # The Penn profile keeps dates and descriptions on purpose; the audit shows them.
+    assert audit["StudyDate"] == {"attribute": "StudyDate", "tag": "(0008,0020)",
+                                  "action": "Z", "files": 2}
+    assert "PatientName" not in audit
+    changes = {(entry["attribute"], entry["action"]): entry["files"]
+               for entry in report["changes"]}
+    assert changes[("PatientName", "emptied")] == 2
+    assert changes[("DeidentificationMethod", "added")] == 2
+    assert report["status"] == "pass"
+
+
+def test_phi_log_holds_values_owner_only_and_the_report_does_not(tmp_path, profile_v1):
+    phi_log = tmp_path / "phi-log"
+    report = run_with(tmp_path, profile_v1, {"phi_log": str(phi_log)})
+    log_path = Path(report["phi_log"])
+    assert log_path == phi_log / "g/p/sub-01/ses-01.tsv"
+    assert log_path.stat().st_mode & 0o777 == 0o600
+    rows = log_path.read_text().splitlines()
+    assert rows[0].split("\t") == ["staged_file", "attribute", "tag", "action", "before",
+                                   "after"]
+    assert any(f"\tPatientID\t(0010,0020)\temptied\t{FAKE_IDENTIFIERS['PatientID']}\t" in row
+               for row in rows)
+    for needle in identifier_needles():
+        assert needle not in (tmp_path / "report.json").read_bytes()
+
+
+def test_burned_in_flags_are_listed(tmp_path, profile_v1):
+    def plant(dataset):
+        dataset.BurnedInAnnotation = "YES"
+
+    report = run(tmp_path, profile_v1, plant=plant)
+    assert [flag["severity"] for flag in report["burned_in"]] == ["fail", "fail"]
+    assert {f["check"] for f in report["findings"]} == {"burned_in_annotation"}

@@ -54,8 +54,9 @@ def schema_problems(instance: dict[str, Any], name: str) -> list[tuple[str, str]
             field = error.message.split("'")[1]
             problems.append((field, "is missing"))
         elif error.validator == "additionalProperties":
-            for field in sorted(set(instance) - set(error.schema.get("properties", {}))):
-                problems.append((field, _describe(error)))
+            prefix = "".join(f"{part}." for part in error.absolute_path)
+            for field in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
+                problems.append((prefix + field, _describe(error)))
         else:
             field = ".".join(str(part) for part in error.absolute_path) or "(top level)"
             problems.append((field, _describe(error)))

@@ -189,25 +189,47 @@ def walk_elements(dataset: Dataset, parents: list[str] | None = None
         yield element_path(parents, element), element
 
 
-def read_dataset(data: bytes) -> tuple[Dataset | None, str]:
-    """Parse DICOM bytes whole; if the end cannot be parsed, the header alone.
+READ_ERRORS = (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError,
+               TypeError, AttributeError)
 
-    Returns the dataset (or None) and a problem description ('' when it parsed whole).
-    """
+
+@dataclass
+class StagedRead:
+    dataset: Dataset | None  # every element readable (the header alone if the end is not)
+    pixel_end: int | None  # byte offset just after the pixel data, when known
+    problem: str  # '' when the whole file was read
+
+
+def read_staged(data: bytes) -> StagedRead:
+    """Parse a staged file whole, converting every element; if its end cannot be read
+    (trailing bytes, a damaged element), fall back to the header before the pixel data."""
+    pixel_end = None
     try:
-        return dcmread(io.BytesIO(data)), ""
-    except (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError) as error:
+        dataset = dcmread(io.BytesIO(data))
+        pixel_end = _pixel_data_end(dataset)  # from the raw element, before conversion
+        for _element in dataset.iterall():  # pydicom converts values lazily: force it
+            pass
+        return StagedRead(dataset, pixel_end, "")
+    except READ_ERRORS as error:
         problem = f"the file cannot be read to its end ({type(error).__name__})"
     try:
-        return dcmread(io.BytesIO(data), stop_before_pixels=True), problem
-    except (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError) as error:
-        return None, f"the file cannot be read as DICOM ({type(error).__name__})"
+        header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for _element in header.iterall():
+            pass
+        return StagedRead(header, pixel_end, problem)
+    except READ_ERRORS as error:
+        return StagedRead(None, pixel_end,
+                          f"the file cannot be read as DICOM ({type(error).__name__})")
 
 
 def _read_source(path: Path, stop_before_pixels: bool) -> Dataset | None:
     try:
-        return dcmread(path, stop_before_pixels=stop_before_pixels)
-    except (InvalidDicomError, OSError, ValueError, EOFError, NotImplementedError, KeyError):
+        dataset = dcmread(path, stop_before_pixels=stop_before_pixels)
+        if stop_before_pixels:
+            for _element in dataset.iterall():  # convert now: a damaged element raises here
+                pass
+        return dataset
+    except (OSError, *READ_ERRORS):
         return None  # staging already listed this file as an error
 
 
@@ -302,11 +324,10 @@ def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
                    needle.attribute)
 
 
-def scan_raw_bytes(data: bytes, dataset: Dataset | None, name: str,
+def scan_raw_bytes(data: bytes, pixel_end: int | None, name: str,
                    attributes_found: set[str], context: SessionContext) -> None:
     """Search the staged file's bytes for what the element scan cannot see (data after the
     pixel data, the preamble, damaged elements)."""
-    pixel_end = _pixel_data_end(dataset)
     for needle, offset in context.matcher.find_in_bytes(data):
         if needle.attribute in attributes_found:
             continue  # already reported at its element
@@ -520,7 +541,8 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         context.add(Finding("inventory", name, "", "staged file changed after staging "
                             "(sha256 differs from the manifest)"))
-    dataset, problem = read_dataset(data)
+    staged_read = read_staged(data)
+    dataset, problem = staged_read.dataset, staged_read.problem
     if problem:
         context.add(Finding("integrity", name, "", problem))
     source_file = shown_source_path(entry["source"], context)
@@ -537,7 +559,7 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
         check_burned_in(dataset, name, context)
         for tag, action in populated_basic_profile_tags(dataset):
             context.basic_profile[(tag, action)] += 1
-    scan_raw_bytes(data, dataset, name, attributes_found, context)
+    scan_raw_bytes(data, staged_read.pixel_end, name, attributes_found, context)
     for finding in context.findings[first_finding:]:
         finding.source_file = source_file
 
