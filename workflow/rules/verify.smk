@@ -6,6 +6,7 @@ rule verify:
     output:
         report=report(
             f"{RESULTS}/verify/{SESSION_PATH}.json",
+            caption="../report/verify.rst",
             category="Verification",
             subcategory="{group}/{project}",
             labels={"subject": "{subject}", "session": "{session}"},
