@@ -139,3 +139,29 @@ def test_numeric_group_keeps_its_text(project):
     result = run_snakemake(project, "--dry-run", "--config", "group=007")
     assert result.returncode == 0, result.stderr
     assert "results/stage/007/deid-demo/sub-001/ses-01.json" in result.stdout + result.stderr
+
+
+def test_phi_log_is_opt_in_private_and_announced(project):
+    result = run_snakemake(project, "--config", "phi_log=phi-log",
+                           "checks={staff_name: fail, private_tags: keep}")
+    # sub-003 still fails (its leaks); sub-002's private tags are kept, so it passes.
+    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
+    assert dict(zip(summary.subject, summary.status, strict=True)) == {
+        "sub-001": "pass", "sub-002": "pass", "sub-003": "fail"}
+    assert "WARNING: the PHI log in phi-log holds patient identifiers" in result.stderr
+    logs = sorted((project / "phi-log").rglob("*.tsv"))
+    assert [log.relative_to(project / "phi-log").as_posix() for log in logs] == [
+        f"demo/deid-demo/{subject}/ses-01.tsv" for subject in DEMO]
+    assert all(log.stat().st_mode & 0o777 == 0o600 for log in logs)
+    assert files_containing_identifiers(project / "phi-log")  # it does hold the values
+    assert files_containing_identifiers(project / "results") == []
+    for stream in (result.stdout, result.stderr):
+        assert files_containing_identifiers_in_text(stream) == []
+
+
+def test_snakemake_report_holds_the_verification_reports(project):
+    assert run_snakemake(project).returncode == 0
+    result = run_snakemake(project, "--report", "snakemake-report.html")
+    assert result.returncode == 0, result.stderr
+    page = (project / "snakemake-report.html").read_text()
+    assert "Verification" in page and "ses-01.json" in page
