@@ -608,12 +608,16 @@ def verify_session(
     # A label found to hold an identifier is not repeated in the report.
     flagged = {column for column, _needle in labels_holding_identifiers(context)}
     shown_labels = {key: (WITHHELD if key in flagged else value) for key, value in labels.items()}
-    phi_log_path = None
+    shown_phi_log = None
     if context.phi_rows is not None:
-        phi_log_path = Path(phi_log_dir) / (
-            "/".join(shown_labels[key] if shown_labels[key] != WITHHELD else f"row-{key}"
-                     for key in ("group", "project", "subject", "session")) + ".tsv")
+        # The PHI log holds identifiers anyway, so its path uses the labels as typed; the
+        # report names the file only when no label holds an identifier.
+        phi_log_path = Path(phi_log_dir).joinpath(
+            *(labels[key] for key in ("group", "project", "subject")),
+            f"{labels['session']}.tsv")
         write_phi_log(phi_log_path, context.phi_rows)
+        shown_phi_log = (str(Path(phi_log_dir)) + " (file name withheld: a label holds an "
+                         "identifier)" if flagged else str(phi_log_path))
     report = {
         "session": shown_labels,
         "status": status,
@@ -640,7 +644,7 @@ def verify_session(
         "changes": [{"attribute": describe_tag(tag)[0], "tag": describe_tag(tag)[1],
                      "action": action, "files": files}
                     for (tag, action), files in sorted(context.changes.items())],
-        "phi_log": str(phi_log_path) if phi_log_path else None,
+        "phi_log": shown_phi_log,
     }
     write_json(report_path, report)
     return report
