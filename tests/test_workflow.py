@@ -38,6 +38,14 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
     assert set(summary.uploaded) == {"no (upload is off)"}
     assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in result.stderr
     assert "Summary: results/summary.tsv" in result.stderr
+    # The run's page shows every section with the demo's content.
+    page = (project / "results/report.html").read_text()
+    for section in ("counts", "sessions", "findings", "free-text", "private-tags", "burned-in",
+                    "basic-profile-audit", "changes"):
+        assert f'id="{section}"' in page, section
+    burned_in = page[page.index('id="burned-in"'):page.index('id="basic-profile-audit"')]
+    assert "Dose Report" in burned_in and "Secondary Capture" in burned_in
+    assert "GEMS_IDEN_01" in page and "T1w MPRAGE" in page and "StudyDate" in page
     # The source is only read; nothing but staging holds identifiers.
     assert tree_digest(project / "demo") == source_before
     assert files_containing_identifiers(project / "results") == []
@@ -143,8 +151,8 @@ def test_numeric_group_keeps_its_text(project):
 
 def test_phi_log_is_opt_in_private_and_announced(project):
     result = run_snakemake(project, "--config", "phi_log=phi-log",
-                           "checks={staff_name: fail, private_tags: keep}")
-    # sub-003 still fails (its leaks); sub-002's private tags are kept, so it passes.
+                           "checks={staff_name: fail, private_tags: keep, burned_in_risk: 'off'}")
+    # sub-003 still fails (its leaks); sub-002's warnings are switched off, so it passes.
     summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
     assert dict(zip(summary.subject, summary.status, strict=True)) == {
         "sub-001": "pass", "sub-002": "pass", "sub-003": "fail"}

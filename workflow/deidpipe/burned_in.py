@@ -109,7 +109,15 @@ class BurnedInScreen:
         from deid.dicom.pixels.detect import has_burned_pixels
 
         result = has_burned_pixels(dataset, deid=self._recipe)
-        reasons = [f"deid filter list ({hit['group']}): {' '.join(hit['reason'].split())}"
+        reasons = [f"deid filter list ({hit['group']}): {_readable(hit['reason'])}"
                    for hit in result["results"] if hit["group"] != "whitelist"]
         cleared = any(hit["group"] == "whitelist" for hit in result["results"])
         return reasons, cleared
+
+
+def _readable(reason: str) -> str:
+    """deid's reason ('and Modality contains CT ...') without its leading operator."""
+    words = reason.split()
+    if words and words[0] in ("and", "or"):
+        words = words[1:]
+    return " ".join(words)

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 # Made-up identifiers: distinctive, so a test can search every output file for them.
 FAKE_IDENTIFIERS = {
@@ -38,6 +38,8 @@ class SeriesSpec:
     files: int
     # pydicom's MR_small says DERIVED\SECONDARY; scanner series are ORIGINAL\PRIMARY.
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "OTHER")
+    # Called on each dataset of this series (after the session's own plant).
+    plant: Callable[[Dataset], None] | None = None
 
 
 @dataclass
@@ -80,6 +82,8 @@ def build_session(spec: SessionSpec, session_dir: str | Path) -> list[Path]:
             dataset.ImageType = list(series.image_type)
             if spec.plant:
                 spec.plant(dataset)
+            if series.plant:
+                series.plant(dataset)
             path = series_dir / f"IM{instance:04d}.dcm"
             dataset.save_as(path, enforce_file_format=True)
             written.append(path)
@@ -105,13 +109,25 @@ def plant_demo_leaks(dataset: Dataset) -> None:
     plant_private_tag(dataset)
 
 
+def make_dose_screen_capture(dataset: Dataset) -> None:
+    """A scanner's dose summary saved as a screen capture: text is usually burned in."""
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dataset.ConversionType = "WSD"
+
+
 def demo_sessions() -> list[SessionSpec]:
-    """The demo shipped in ``demo/dicom``: two clean sessions and one with planted leaks."""
+    """The demo shipped in ``demo/dicom``: a clean session, one that warns (vendor private
+    tags and a dose screen capture that may hold burned-in text), one with planted leaks."""
     return [
         SessionSpec("sub-001_ses-01", [SeriesSpec("MR_small.dcm", "T1w MPRAGE", 3),
                                        SeriesSpec("MR_small.dcm", "BOLD rest", 2)],
                     extra_files={"scanner_notes.txt": b"Console export notes (not DICOM).\n"}),
-        SessionSpec("sub-002_ses-01", [SeriesSpec("CT_small.dcm", "CT head", 3)]),
+        SessionSpec("sub-002_ses-01", [
+            SeriesSpec("CT_small.dcm", "CT head", 3),
+            SeriesSpec("CT_small.dcm", "Dose Report", 1,
+                       image_type=("DERIVED", "SECONDARY", "SCREEN SAVE"),
+                       plant=make_dose_screen_capture)]),
         SessionSpec("sub-003_ses-01", [SeriesSpec("MR_small.dcm", "T2w", 2)],
                     plant=plant_demo_leaks),
     ]
