@@ -40,6 +40,8 @@ class Case:
     subject: str = "sub-01"
     series: list[SeriesSpec] = field(
         default_factory=lambda: [SeriesSpec("MR_small.dcm", "T1w", 2)])
+    # Changes to the made-up identifiers planted in every file.
+    identifiers: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_control(self) -> bool:
@@ -140,11 +142,18 @@ CONTROLS = [
          series=[SeriesSpec("CT_small.dcm", "CT head", 3)]),
     Case("clean two-series MR", series=[SeriesSpec("MR_small.dcm", "T1w MPRAGE", 3),
                                         SeriesSpec("MR_small.dcm", "BOLD rest", 2)]),
+    # Research sites often use short numbers as patient IDs: they occur by chance in UIDs
+    # ('1.2.840.10008...'), sizes and private numbers, and must not fail a clean session.
+    Case("clean CT with short numeric IDs", series=[SeriesSpec("CT_small.dcm", "CT head", 3)],
+         identifiers={"PatientID": "840", "OtherPatientIDs": "1001", "AccessionNumber": "10008"}),
+    Case("clean MR with a common-word name", identifiers={"PatientName": "Head^Brain"}),
 ]
 
 
 def build_case(case: Case, source_dir: Path) -> None:
     """Write the case's source session below ``source_dir``."""
-    build_session(SessionSpec(case.kind, case.series, plant=case.plant), source_dir)
+    identifiers = {**FAKE_IDENTIFIERS, **case.identifiers}
+    build_session(SessionSpec(case.kind, case.series, identifiers=identifiers, plant=case.plant),
+                  source_dir)
     if case.after:
         case.after(source_dir)

@@ -14,7 +14,7 @@ Three strengths, each reported by its own check:
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from itertools import accumulate, permutations
 
@@ -41,6 +41,9 @@ NAME_SEPARATORS = re.compile(r"[\^=]")
 # Separators tried between a needle's tokens when searching raw bytes.
 RAW_SEPARATORS = ("", " ", "^", ",", ", ", "-", "/", ".", "_")
 KIND_ORDER = {"identifier": 0, "staff_name": 1, "name_part": 2}
+SHORT_NUMBER_DIGITS = 8
+WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+NUMBER_BYTES = frozenset(b".")
 
 
 def tokens_of(text: str) -> list[str]:
@@ -183,11 +186,15 @@ class Matcher:
 
     def __post_init__(self) -> None:
         # One needle per folded text, the strongest kind first: a name part or staff name
-        # equal to a patient identifier adds nothing.
+        # equal to a patient identifier adds nothing. The token layouts of all needles with
+        # that folded text are kept for short numbers, which must match token for token.
         self.by_folded: dict[str, Needle] = {}
+        self.layouts: dict[str, set[tuple[int, ...]]] = {}
         raw_forms: dict[str, set[bytes]] = {}
         for needle in sorted(self.needles, key=lambda needle: KIND_ORDER[needle.kind]):
             self.by_folded.setdefault(needle.folded, needle)
+            self.layouts.setdefault(needle.folded, set()).add(
+                tuple(accumulate(map(len, needle.tokens)))[:-1])
             raw_forms.setdefault(needle.folded, set()).update(needle.raw_forms())
         self.raw_needles = [(needle, raw_forms[folded])
                             for folded, needle in self.by_folded.items()
@@ -197,8 +204,13 @@ class Matcher:
         """Needles whose tokens equal a run of whole tokens in ``text``."""
         return self.find_in_texts([text]).get(0, [])
 
-    def find_in_texts(self, texts: Iterable[str]) -> dict[int, list[Needle]]:
-        """Needles found in each text, by index: all texts folded and searched in one pass."""
+    def find_in_texts(self, texts: Iterable[str], numeric: Set[int] = frozenset()
+                      ) -> dict[int, list[Needle]]:
+        """Needles found in each text, by index: all texts folded and searched in one pass.
+
+        Short numbers are not searched in the texts whose index is in ``numeric`` (values of
+        numeric VRs, where '1001' is a measurement, not an ID).
+        """
         folded_parts: list[str] = []
         token_ends: set[int] = set()
         text_starts: list[int] = []
@@ -215,27 +227,58 @@ class Matcher:
                                                                 strict=True)]
         found: dict[int, list[Needle]] = {}
         for target, needle in self.by_folded.items():
+            strict = is_short_number(target)
             start = folded.find(target)
             while start >= 0:
                 end = start + len(target)
-                if start in token_ends and end in token_ends:
+                if start in token_ends and end in token_ends and (
+                        not strict or self._same_layout(target, start, token_ends)):
                     index = _text_index(text_starts, start)
                     # A match must lie inside one text, not straddle two.
-                    if end <= text_ends[index] and needle not in found.get(index, ()):
+                    if (end <= text_ends[index] and needle not in found.get(index, ())
+                            and not (strict and index in numeric)):
                         found.setdefault(index, []).append(needle)
                 start = folded.find(target, start + 1)
         return {index: _strongest_per_attribute(needles) for index, needles in found.items()}
 
+    def _same_layout(self, target: str, start: int, token_ends: set[int]) -> bool:
+        """A short number matches only as the same tokens ('1234', or '12-34' as written),
+        not as a run of other numbers that happen to join into it ('1.2.3.4' in a UID)."""
+        inner = tuple(offset for offset in range(1, len(target)) if start + offset in token_ends)
+        return inner in self.layouts[target]
+
     def find_in_bytes(self, data: bytes) -> list[tuple[Needle, int]]:
-        """Needles written anywhere in ``data`` (case-insensitive), with the first offset."""
+        """Needles written anywhere in ``data`` (case-insensitive) between non-alphanumeric
+        bytes, with the first offset."""
         lowered = data.lower()
         first_offset: dict[Needle, int] = {}
         for needle, forms in self.raw_needles:
-            offsets = [offset for form in forms if (offset := lowered.find(form)) >= 0]
+            offsets = [offset for form in forms
+                       if (offset := _find_bounded(lowered, form,
+                                                   is_short_number(needle.folded))) >= 0]
             if offsets:
                 first_offset[needle] = min(offsets)
         return [(needle, first_offset[needle])
                 for needle in _strongest_per_attribute(list(first_offset))]
+
+
+def is_short_number(folded: str) -> bool:
+    """Digits only and shorter than a full date: such values occur by chance in numbers."""
+    return folded.isdigit() and len(folded) < SHORT_NUMBER_DIGITS
+
+
+def _find_bounded(data: bytes, form: bytes, number: bool) -> int:
+    """First offset of ``form`` in ``data`` not inside a longer word (or number, for
+    numbers: '1234' is not found in '0.12345' or '1.1234')."""
+    joined = WORD_BYTES | (NUMBER_BYTES if number else frozenset())
+    offset = data.find(form)
+    while offset >= 0:
+        before = data[offset - 1] if offset > 0 else None
+        after = data[offset + len(form)] if offset + len(form) < len(data) else None
+        if before not in joined and after not in joined:
+            return offset
+        offset = data.find(form, offset + 1)
+    return -1
 
 
 def _strongest_per_attribute(needles: list[Needle]) -> list[Needle]:

@@ -74,6 +74,10 @@ FREE_TEXT_KEYWORDS = frozenset({
     "AdditionalPatientHistory",
 })
 FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+# Values of these VRs are numbers (or UIDs made of numbers): a short numeric ID found in one
+# is a coincidence.
+NUMERIC_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "OF", "OD",
+                         "OL", "OV", "OW", "AT", "UI"})
 
 
 def resolve_severities(configured: dict[str, str] | None) -> dict[str, str]:
@@ -291,7 +295,9 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[s
     and free text on the way. Returns the source attributes found."""
     elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
     texts = [element_text(element) for _path, element in elements]
-    found = context.matcher.find_in_texts(texts)
+    numeric = {index for index, (_path, element) in enumerate(elements)
+               if element.VR in NUMERIC_VRS}
+    found = context.matcher.find_in_texts(texts, numeric)
     attributes_found = set()
     for index, needles in sorted(found.items()):
         path = elements[index][0]
@@ -404,10 +410,17 @@ def tally_changes(staged: Dataset, source: Dataset | None, name: str,
         context.changes[(int(tag), action)] += 1
         if context.phi_rows is not None:
             keyword, tag_text = describe_tag(int(tag))
-            context.phi_rows.append([
-                name, keyword, tag_text, action,
-                "" if before is None else element_text(source[tag]),
-                "" if after is None else element_text(staged[tag])])
+            context.phi_rows.append([name, keyword, tag_text, action,
+                                     _logged_value(source, tag), _logged_value(staged, tag)])
+
+
+def _logged_value(dataset: Dataset, tag: Any) -> str:
+    if tag not in dataset:
+        return ""
+    try:
+        return element_text(dataset[tag])
+    except READ_ERRORS:
+        return "(cannot be read)"
 
 
 def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> None:
