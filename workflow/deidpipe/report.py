@@ -79,16 +79,17 @@ def write_summary(sessions: list[SessionRow], results: str | Path, upload: bool)
         f"{counts.get('not verified', 0)} not verified; {uploaded} uploaded.",
     ]
     for row in table.itertuples():
-        if row.status not in ("fail", "not verified"):
+        if row.status == "pass":
             continue
         if WITHHELD in (row.subject, row.session):
             # Neither the label nor a path built from it goes to the console.
-            lines.append(f"  fail: sessions.tsv row {row.row} (a label holds an identifier: "
-                         "give the session another label)")
+            lines.append(f"  {row.status}: sessions.tsv row {row.row} (a label holds an "
+                         "identifier: give the session another label)")
             continue
         where = f"{row.group}/{row.project}/{row.subject}/{row.session}"
-        detail = (f"see {Path(results) / 'verify' / where}.json" if row.status == "fail"
-                  else f"see the logs in {Path(results) / 'logs'}")
+        detail = {"fail": f"see {Path(results) / 'verify' / where}.json",
+                  "warn": f"look at its warnings in {report_path}",
+                  }.get(row.status, f"see the logs in {Path(results) / 'logs'}")
         lines.append(f"  {row.status}: {where} ({detail})")
     lines.append(f"Summary: {summary_path}")
     lines.append(f"Report: {report_path}")
