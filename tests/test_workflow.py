@@ -38,6 +38,8 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
     assert set(summary.uploaded) == {"no (upload is off)"}
     assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in result.stderr
     assert "Summary: results/summary.tsv" in result.stderr
+    assert ("warn: demo/deid-demo/sub-002/ses-01 (look at its warnings in "
+            "results/report.html)") in result.stderr
     # The run's page shows every section with the demo's content.
     page = (project / "results/report.html").read_text()
     for section in ("counts", "sessions", "findings", "free-text", "private-tags", "burned-in",
