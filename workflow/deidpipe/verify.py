@@ -428,7 +428,12 @@ def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> Non
         return
     for flag in context.burned_in.flags(dataset):
         if context.active(flag.check):
-            context.add(Finding(flag.check, name, "pixel data (burned-in text)", flag.reason))
+            advice = ("open the image and look for names, IDs or dates in the pixels before "
+                      "it is shared, or leave the series out")
+            message = (f"{flag.reason}; {advice}" if flag.check == "burned_in_annotation"
+                       else f"may have text burned into the image: {advice}. Why flagged: "
+                            f"{flag.reason}")
+            context.add(Finding(flag.check, name, "pixel data (burned-in text)", message))
             context.burned_in_flags.append({"file": name, "reason": flag.reason,
                                             "severity": context.severities[flag.check]})
 
