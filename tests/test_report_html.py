@@ -20,10 +20,10 @@ GROUP, PROJECT = "demo", "deid-demo"
 PROFILE = {"file": "PennBrainScienceCenter.yaml", "sha256": "ab" * 32, "version": "v1.0-test"}
 SCRIPT_VALUE = "<script>document.title='pwned'</script> & co"
 SECTION_IDS = ["phi-log", "counts", "sessions", "findings", "free-text", "private-tags",
-               "burned-in", "basic-profile-audit", "changes"]
+               "burned-in", "basic-profile-audit", "changes", "checks"]
 SECTION_HEADINGS = ["Warning: the PHI log holds identifiers", "Counts", "Sessions", "Findings",
                     "Free text to review", "Private tags", "Possible burned-in text",
-                    "DICOM Basic Profile audit", "What changed"]
+                    "DICOM Basic Profile audit", "What changed", "Checks"]
 PHI_LOG = "/secure/phi-log/demo/deid-demo/sub-003/ses-01.tsv"
 
 
@@ -290,6 +290,8 @@ def test_private_tags_burned_in_audit_changes_and_phi_log(batch):
     assert dom.by_id("changes").table_rows() == [
         ["PatientBirthDate", "(0010,0030)", "removed", "2"],
         ["PatientName", "(0010,0010)", "emptied", "5"]]
+    # Old reports give 'default_severity', new ones 'severity': both are shown.
+    assert dom.by_id("checks").table_rows() == [["identifier_leak", "fail", ""]]
     phi_log = dom.by_id("phi-log")
     assert [item.text() for item in phi_log.iter("li")] == [PHI_LOG]
     assert "holds patient identifiers" in phi_log.text()

@@ -224,7 +224,9 @@ def test_severities_come_from_the_settings(tmp_path, profile_v1):
     assert report["private_tags"]["policy"] == "keep"
     assert report["private_tags"]["creators"] == [
         {"creator": "DEMO VENDOR", "group": "0029", "elements": 2, "files": 2}]
-    assert report["checks"]["identifier_leak"] == {"severity": "warn", "findings": 2}
+    assert {key: report["checks"]["identifier_leak"][key] for key in ("severity", "findings")} \
+        == {"severity": "warn", "findings": 2}
+    assert "raw bytes" in report["checks"]["identifier_leak"]["looks_for"]
 
 
 def test_a_check_switched_off_reports_nothing(tmp_path, profile_v1):

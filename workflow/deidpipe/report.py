@@ -437,6 +437,25 @@ def _changes_section(batch: _Batch) -> str:
                     body + batch.older_reports_note("changes"))
 
 
+def _checks_section(batch: _Batch) -> str:
+    """Each check with the severities it ran at in this run and what it looks for."""
+    severities: defaultdict[str, set[str]] = defaultdict(set)
+    looks_for: dict[str, str] = {}
+    for _name, report in batch.verified():
+        for check, entry in (report.get("checks") or {}).items():
+            severities[check].add(str(entry.get("severity") or entry.get("default_severity")
+                                      or ""))
+            looks_for.setdefault(check, str(entry.get("looks_for", "")))
+    rows = [[check, ", ".join(sorted(severities[check])), looks_for[check]]
+            for check in severities]
+    body = (_table(["Check", "Severity", "What it looks for"], rows) if rows
+            else _sentence("No session was verified in this run."))
+    explanation = ("What verification looked at. fail: a finding stops the upload; warn: "
+                   "reported for a person to judge; off: not run. Severities are set in "
+                   "config.yaml under 'checks'.")
+    return _section("checks", "Checks", explanation, body)
+
+
 def _phi_log_section(batch: _Batch) -> str:
     logs = sorted({str(report["phi_log"]) for _name, report in batch.verified()
                    if report.get("phi_log")})
@@ -460,7 +479,7 @@ def render_report(sessions: list[SessionRow], table: pd.DataFrame, results: str 
         _phi_log_section(batch), _counts_section(batch), _sessions_section(batch, results),
         _findings_section(batch),
         _free_text_section(batch), _private_tags_section(batch), _burned_in_section(batch),
-        _basic_profile_section(batch), _changes_section(batch),
+        _basic_profile_section(batch), _changes_section(batch), _checks_section(batch),
     ]
     footer = ("Written by deidpipe at the end of the run. This page holds no identifier "
               "values, except any left in the free-text values shown for review.")

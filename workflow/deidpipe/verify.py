@@ -646,8 +646,9 @@ def verify_session(
         "identifier_values_searched": len(context.identifiers.values),
         "identifier_values_too_short_to_search": len(context.identifiers.too_short),
         "checks": {name: {"severity": severities[name],
-                          "findings": sum(f.check == name for f in context.findings)}
-                   for name in CHECKS},
+                          "findings": sum(f.check == name for f in context.findings),
+                          "looks_for": check.description}
+                   for name, check in CHECKS.items()},
         "findings": [finding.as_dict() for finding in context.findings],
         "private_tags": private_tags,
         "burned_in": context.burned_in_flags,
