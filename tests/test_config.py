@@ -89,3 +89,18 @@ def test_phi_log_must_be_outside_staging_and_results(phi_log):
     with pytest.raises(PipelineError, match="setting 'phi_log' must be a folder outside"):
         normalise_config({**BASE, "phi_log": phi_log})
     assert normalise_config({**BASE, "phi_log": "phi-log"})["phi_log"] == "phi-log"
+
+
+@pytest.mark.parametrize("override", [
+    {"upload_command": "{fw} import dicom {staged_session_dir} {group} {project} "
+                       "--subject {subject} --session {session} --api-key abc -y"},
+    {"upload_env": {"FW_CLI_API_KEY": "site.flywheel.io:abc"}},
+])
+def test_an_api_key_in_the_config_is_refused(override):
+    with pytest.raises(PipelineError, match="must not hold a Flywheel API key"):
+        normalise_config({**BASE, **override})
+
+
+def test_upload_error_patterns_must_compile():
+    with pytest.raises(PipelineError, match="'upload_error_patterns': '\\(' is not a valid"):
+        normalise_config({**BASE, "upload_error_patterns": ["("]})

@@ -31,10 +31,12 @@ def verified(tmp_path, profile_v1):
 
 
 def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "",
+           soft_fail: str = "",
            timeout: int = 60, reupload: bool = False, extra_env=None,
            upload_warned: bool = True) -> dict:
     monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_FW_FAIL", fail)
+    monkeypatch.setenv("FAKE_FW_SOFT_FAIL", soft_fail)
     return upload_session(
         labels=LABELS, verify_report_path=tmp_path / "report.json",
         manifest_path=tmp_path / "manifest.json", staged_session_dir=tmp_path / "staged",
@@ -151,3 +153,29 @@ def test_warned_session_uploads_only_when_allowed(tmp_path, monkeypatch, verifie
     assert record["uploaded"] is upload_warned
     if not upload_warned:
         assert record["reason"].startswith("held: verification warned")
+
+
+def test_cli_error_printed_with_exit_zero_is_a_failure(tmp_path, monkeypatch, verified):
+    verified()
+    with pytest.raises(PipelineError, match="exited 0 but its output reports an error "
+                                            r"\(line 3 of .*fw.log\)"):
+        upload(tmp_path, monkeypatch, soft_fail="sub-01/ses-01")
+    assert not (tmp_path / "record.json").exists()
+    assert not (tmp_path / "ledger.jsonl").exists()
+    # The next run (the CLI working again) uploads it; the earlier error lines do not count.
+    record = upload(tmp_path, monkeypatch)
+    assert record["uploaded"] is True
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 2
+
+
+def test_extra_error_patterns_from_the_config(tmp_path, monkeypatch, verified):
+    verified()
+    monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
+    with pytest.raises(PipelineError, match="reports an error"):
+        upload_session(
+            labels=LABELS, verify_report_path=tmp_path / "report.json",
+            manifest_path=tmp_path / "manifest.json", staged_session_dir=tmp_path / "staged",
+            record_path=tmp_path / "record.json", log_path=tmp_path / "fw.log",
+            fw=str(FAKE_FW), command_template=IMPORT_17,
+            extra_env={"FLYWHEEL_CLI_LEGACY": "true"}, timeout=60,
+            ledger_path=tmp_path / "ledger.jsonl", extra_error_patterns=(r"^Uploaded 2 files",))

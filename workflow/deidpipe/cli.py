@@ -68,7 +68,8 @@ def cmd_upload(args: argparse.Namespace) -> None:
         staged_session_dir=args.staged_dir, record_path=args.record, log_path=args.cli_log,
         fw=args.fw, command_template=args.command, extra_env=json.loads(args.env),
         timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload,
-        upload_warned=not args.hold_warned)
+        upload_warned=not args.hold_warned,
+        extra_error_patterns=tuple(json.loads(args.error_patterns)))
     if not record["uploaded"]:
         print(f"not uploaded: {record['reason']}", file=sys.stderr)
     else:
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--env", default="{}", help="JSON mapping of extra variables")
     upload.add_argument("--timeout", type=int, required=True)
     upload.add_argument("--reupload", action="store_true")
+    upload.add_argument("--error-patterns", default="[]",
+                        help="JSON list of extra regular expressions for CLI error lines")
     upload.add_argument("--hold-warned", action="store_true",
                         help="do not upload sessions whose verification status is warn")
     upload.set_defaults(func=cmd_upload)
@@ -144,6 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        # A full disk, a failed write, a folder that vanished: say which file, not a traceback.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: could not read or write a file{where}: "
+              f"{error.strerror or type(error).__name__}. Nothing of this job was kept; "
+              "fix the cause and run again.", file=sys.stderr)
         return 1
     return 0
 

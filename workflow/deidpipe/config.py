@@ -1,5 +1,6 @@
 """Load and check config.yaml (with --config overrides) before anything runs."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,19 @@ def _meaning_problems(config: dict[str, Any]) -> list[str]:
                 "(try: deidpipe keyword WORD)"
                 for keyword in config["identifier_attributes"]
                 if tag_for_keyword(keyword) is None]
+    for pattern in config["upload_error_patterns"]:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            problems.append(f"setting 'upload_error_patterns': '{pattern}' is not a valid "
+                            f"regular expression ({error})")
+    secret_words = ("api-key", "api_key", "apikey", "--key")
+    if any(word in config["upload_command"].lower() for word in secret_words) or any(
+            word in name.lower() or word in value.lower()
+            for name, value in config["upload_env"].items() for word in secret_words):
+        problems.append("settings 'upload_command'/'upload_env' must not hold a Flywheel API "
+                        "key: it would appear in process lists and logs. Log in once with "
+                        "'fw login' instead; the CLI keeps the key in your home folder.")
     if config["phi_log"]:
         phi_log = Path(config["phi_log"]).resolve()
         for key in ("staging", "results"):

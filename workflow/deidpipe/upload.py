@@ -9,6 +9,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -22,6 +23,14 @@ from deidpipe.files import (
     read_json,
     sha256_file,
     write_json,
+)
+
+# Output lines of the Flywheel CLI that mean a failure even when it exits 0.
+DEFAULT_ERROR_PATTERNS = (
+    r"^\s*(?:ERROR|Error|error)\b",
+    r"Traceback \(most recent call last\)",
+    r"\b[1-9][0-9]* (?:errors?|failed|failures)\b",
+    r"(?i)\b(?:not logged in|unauthorized|invalid api key|permission denied)\b",
 )
 
 LABEL_KEYS = ("group", "project", "subject", "session")
@@ -84,6 +93,20 @@ def append_ledger(ledger_path: Path, entry: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def reported_error(log_path: Path, offset: int, patterns: tuple[str, ...]) -> int | None:
+    """Line number (in the CLI log) of the first line of this call's output that reports an
+    error, or None. The Flywheel CLI can exit 0 after printing errors (a failed file in an
+    import, an expired login)."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    with open(log_path, "rb") as log:
+        lines_before = log.read(offset).count(b"\n")
+        for number, raw_line in enumerate(log, start=lines_before + 1):
+            line = raw_line.decode("utf-8", "replace")
+            if any(pattern.search(line) for pattern in compiled):
+                return number
+    return None
+
+
 def upload_session(
     *,
     labels: dict[str, str],
@@ -99,6 +122,7 @@ def upload_session(
     ledger_path: str | Path,
     reupload: bool = False,
     upload_warned: bool = True,
+    extra_error_patterns: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Gate, re-check and upload one session; write its record. Raise PipelineError on failure."""
     staged_session_dir = Path(staged_session_dir)
@@ -142,6 +166,7 @@ def upload_session(
     with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OWNER_ONLY_FILE),
               "a", encoding="utf-8") as log:
         log.write(f"[{now}] running: {shlex.join(command)}\n")
+        start_of_call = log.tell()
         log.flush()
         try:
             completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
@@ -158,6 +183,12 @@ def upload_session(
         raise PipelineError(f"session {where}: the upload command failed (exit code "
                             f"{completed.returncode}); see {log_path}. It is retried by the "
                             "next run.")
+    error_line = reported_error(Path(log_path), start_of_call,
+                                (*DEFAULT_ERROR_PATTERNS, *extra_error_patterns))
+    if error_line is not None:
+        raise PipelineError(f"session {where}: the upload command exited 0 but its output "
+                            f"reports an error (line {error_line} of {log_path}); it is not "
+                            "counted as uploaded and is retried by the next run.")
     record = {"uploaded": True, "time": now, "command": command, "exit_code": 0,
               "files": len(manifest["files"]), "manifest_sha256": manifest_sha256}
     # Ledger first: if the run dies between the two writes, the ledger still prevents a repeat.

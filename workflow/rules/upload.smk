@@ -19,6 +19,7 @@ rule upload:
         # Functions, so that Snakemake leaves the template's {placeholders} alone.
         command=lambda wildcards: config["upload_command"],
         env=lambda wildcards: json.dumps(config["upload_env"]),
+        error_patterns=lambda wildcards: json.dumps(config["upload_error_patterns"]),
         timeout=config["upload_timeout"],
         ledger=config["ledger"],
         reupload="--reupload" if config["reupload"] else "",
@@ -33,6 +34,7 @@ rule upload:
             " --manifest {input.manifest:q} --staged-dir {params.staged:q}"
             " --record {output.record:q} --cli-log {params.cli_log:q} --fw {params.fw:q}"
             " --command {params.command:q} --env {params.env:q} --timeout {params.timeout}"
+            " --error-patterns {params.error_patterns:q}"
             " --ledger {params.ledger:q} {params.reupload} {params.hold_warned}"
             " --group {wildcards.group:q} --project {wildcards.project:q}"
             " --subject {wildcards.subject:q} --session {wildcards.session:q}"
