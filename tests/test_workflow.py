@@ -148,7 +148,7 @@ def test_config_errors_are_plain_messages(project):
 def test_numeric_group_keeps_its_text(project):
     result = run_snakemake(project, "--dry-run", "--config", "group=007")
     assert result.returncode == 0, result.stderr
-    assert "results/stage/007/deid-demo/sub-001/ses-01.json" in result.stdout + result.stderr
+    assert "staging/007/deid-demo/sub-001/ses-01.manifest.json" in result.stdout + result.stderr
 
 
 def test_phi_log_is_opt_in_private_and_announced(project):

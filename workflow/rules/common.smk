@@ -43,6 +43,10 @@ STAGING = config["staging"]
 RESULTS = config["results"]
 PROFILE_YAML = f"{RESULTS}/profile/{PROFILE}.yaml"
 SESSION_PATH = "{group}/{project}/{subject}/{session}"
+# The manifest lists source paths and staged folder names, which can hold names (a PACS export
+# folder named after the patient, a SeriesDescription): it stays in staging, beside the session
+# folder, not in results.
+MANIFEST = f"{STAGING}/{SESSION_PATH}.manifest.json"
 PYTHON = sys.executable  # the interpreter that has deidpipe installed
 VERIFY_SETTINGS = json.dumps({key: config[key]
                               for key in ("checks", "identifier_attributes", "phi_log")},

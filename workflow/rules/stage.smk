@@ -1,5 +1,5 @@
 # The staged folder is not a Snakemake output: directory() outputs get a .snakemake_timestamp
-# file, which would be staged and uploaded. The manifest stands for the folder; staging renames
+# file, which would be staged and uploaded. The manifest (beside the folder) stands for it; staging renames
 # the folder into place atomically before the manifest is written, and verification and upload
 # check the folder against the manifest file by file.
 
@@ -9,7 +9,7 @@ rule stage:
     input:
         profile=PROFILE_YAML,
     output:
-        manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
+        manifest=MANIFEST,
     log:
         f"{RESULTS}/logs/stage/{SESSION_PATH}.log",
     params:

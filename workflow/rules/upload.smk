@@ -7,7 +7,7 @@ rule upload:
     """Send one verified session's staged copy to Flywheel with the configured CLI command."""
     input:
         report=f"{RESULTS}/verify/{SESSION_PATH}.json",
-        manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
+        manifest=MANIFEST,
     output:
         record=f"{RESULTS}/upload/{SESSION_PATH}.json",
     log:

@@ -1,7 +1,7 @@
 rule verify:
     """Check one staged session against its source and the profile; write its report."""
     input:
-        manifest=f"{RESULTS}/stage/{SESSION_PATH}.json",
+        manifest=MANIFEST,
         profile=PROFILE_YAML,
     output:
         report=report(
