@@ -54,11 +54,18 @@ def fw_calls(log: Path) -> list[dict]:
 
 def run_snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None,
                   timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run snakemake as a user would, in ``workdir``; output captured as text."""
-    return subprocess.run(
+    """Run snakemake as a user would, in ``workdir``; output captured as text.
+
+    Every end-to-end run also checks that the source tree (``demo/``) is byte for byte the
+    same afterwards: the pipeline only ever reads it.
+    """
+    source_before = tree_digest(workdir / "demo")
+    result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=workdir, env={**os.environ, **(env or {})}, capture_output=True, text=True,
         timeout=timeout, check=False)
+    assert tree_digest(workdir / "demo") == source_before, "the run changed the source tree"
+    return result
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ from deidpipe.config import check_profile_exists, normalise_config
 from deidpipe.errors import PipelineError
 from deidpipe.profile import profile_sources
 from deidpipe.report import write_summary
+from deidpipe.run import take_over_stale_lock
 from deidpipe.sheet import load_sheet
 
 # Staged copies, reports and logs are sensitive: everything this run creates is owner-only.
@@ -36,6 +37,12 @@ try:
                             "'fw' to its path.")
 except PipelineError as error:
     stop_with(error)
+
+if workflow.is_main_process:
+    # A killed run leaves Snakemake's lock behind; take it over if its owner is gone.
+    _stale_lock_message = take_over_stale_lock(".snakemake", record_owner=not workflow.dryrun)
+    if _stale_lock_message:
+        print(_stale_lock_message, file=sys.stderr)
 
 SESSION_BY_KEY = {session.key: session for session in SESSIONS}
 PROFILE = config["profile"]
