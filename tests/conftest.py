@@ -114,3 +114,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             f"false-fail rate: {fails}/{len(controls)} clean control sessions failed "
             f"({', '.join(f'{kind}: {status}' for kind, status in controls.items())})")
+
+
+def identifiers_in_run_outputs(project: Path) -> list[str]:
+    """Planted identifiers in any file of the project folder outside the source (demo/),
+    staging/ and an opt-in PHI log: results, logs, ledger, Snakemake's own records."""
+    hits = []
+    for path in sorted(project.rglob("*")):
+        relative = path.relative_to(project)
+        # The project's own files (the code that plants the identifiers, the sources) are not
+        # outputs of the run.
+        if not path.is_file() or relative.parts[0] in (*PROJECT_FILES, "staging", "phi-log"):
+            continue
+        data = path.read_bytes()
+        hits += [f"{relative}: {needle.decode()}" for needle in identifier_needles()
+                 if needle in data]
+    return hits

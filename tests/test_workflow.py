@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import FAKE_FW, files_containing_identifiers, fw_calls, run_snakemake, tree_digest
+from conftest import (
+    FAKE_FW,
+    files_containing_identifiers,
+    fw_calls,
+    identifiers_in_run_outputs,
+    run_snakemake,
+    tree_digest,
+)
 
 DEMO = ("sub-001", "sub-002", "sub-003")
 
@@ -50,8 +57,7 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
     assert "GEMS_IDEN_01" in page and "T1w MPRAGE" in page and "StudyDate" in page
     # The source is only read; nothing but staging holds identifiers.
     assert tree_digest(project / "demo") == source_before
-    assert files_containing_identifiers(project / "results") == []
-    assert files_containing_identifiers(project / ".snakemake" / "log") == []
+    assert identifiers_in_run_outputs(project) == []
     for stream in (result.stdout, result.stderr):
         assert files_containing_identifiers_in_text(stream) == []
     # Staged copies and results are owner-only.
@@ -97,9 +103,7 @@ def test_failed_upload_is_retried_alone_then_nothing_is_repeated(project, fake_f
     assert len(fw_calls(fake_fw_log)) == 3
     ledger = (project / "upload-ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 2
-    assert files_containing_identifiers(project / "results") == []
-    ledger_text = (project / "upload-ledger.jsonl").read_text()
-    assert files_containing_identifiers_in_text(ledger_text) == []
+    assert identifiers_in_run_outputs(project) == []
 
 
 def dry_run_subjects(project: Path, *args: str) -> set[str]:
@@ -164,7 +168,7 @@ def test_phi_log_is_opt_in_private_and_announced(project):
         f"demo/deid-demo/{subject}/ses-01.tsv" for subject in DEMO]
     assert all(log.stat().st_mode & 0o777 == 0o600 for log in logs)
     assert files_containing_identifiers(project / "phi-log")  # it does hold the values
-    assert files_containing_identifiers(project / "results") == []
+    assert identifiers_in_run_outputs(project) == []
     for stream in (result.stdout, result.stderr):
         assert files_containing_identifiers_in_text(stream) == []
 
