@@ -27,6 +27,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator in ("pattern", "not"):
         return (
             "may contain only letters, digits, '.', '_' and '-' (no spaces or '/'), "
+            "may not start with '-' (the Flywheel CLI would read it as an option), "
             "and may not be '.' or '..'"
             + (" or 'default'" if "default" in str(schema.get("not", "")) else "")
         )

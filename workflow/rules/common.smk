@@ -30,7 +30,8 @@ try:
     PROFILE_DIR = check_profile_exists(config, Path(workflow.basedir) / "profiles")
     # Cluster jobs re-read the sheet; only the main process looks at the DICOM folders.
     SESSIONS = load_sheet(config["sessions"], config["group"], config["project"],
-                          check_paths=workflow.is_main_process)
+                          check_paths=workflow.is_main_process,
+                          staging=config["staging"], results=config["results"])
     if config["upload"] and workflow.is_main_process and shutil.which(config["fw"]) is None:
         raise PipelineError(f"setting 'fw': the Flywheel CLI '{config['fw']}' was not found "
                             "(upload is on). Install it and log in with 'fw login', or set "
