@@ -20,7 +20,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 
 from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
@@ -193,8 +193,9 @@ def walk_elements(dataset: Dataset, parents: list[str] | None = None
         yield element_path(parents, element), element
 
 
-READ_ERRORS = (InvalidDicomError, ValueError, EOFError, NotImplementedError, KeyError,
-               TypeError, AttributeError)
+# What pydicom raises on damaged data (OSError: 'No tag to read at file position ...').
+READ_ERRORS = (InvalidDicomError, BytesLengthException, ValueError, EOFError,
+               NotImplementedError, KeyError, TypeError, AttributeError, OSError)
 
 
 @dataclass
@@ -228,12 +229,15 @@ def read_staged(data: bytes) -> StagedRead:
 
 def _read_source(path: Path, stop_before_pixels: bool) -> Dataset | None:
     try:
-        dataset = dcmread(path, stop_before_pixels=stop_before_pixels)
+        # force: old exports without the 128-byte preamble and file header are staged too.
+        dataset = dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPInstanceUID" not in dataset:
+            return None
         if stop_before_pixels:
             for _element in dataset.iterall():  # convert now: a damaged element raises here
                 pass
         return dataset
-    except (OSError, *READ_ERRORS):
+    except READ_ERRORS:
         return None  # staging already listed this file as an error
 
 
