@@ -77,7 +77,9 @@ def test_restaging_replaces_the_old_copy_and_leaves_no_temporary_folders(
     stage(source, profile_v1, tmp_path)
     assert not (staged / "stale.dcm").exists()
     siblings = {p.name for p in staged.parent.iterdir()}
-    assert siblings == {"ses", leftover.name}  # another process's work folder is not ours
+    # A killed run's work folder holds staged copies: one job stages a session at a time
+    # (Snakemake's lock), so a leftover is stale and removed.
+    assert siblings == {"ses"}
 
 
 def test_dicomdir_corrupt_and_duplicate_files_are_listed(source, profile_v1, tmp_path):
@@ -90,8 +92,8 @@ def test_dicomdir_corrupt_and_duplicate_files_are_listed(source, profile_v1, tmp
     skipped = {entry["source"]: entry["reason"] for entry in manifest["skipped"]}
     errors = {entry["source"]: entry["error"] for entry in manifest["errors"]}
     assert "DICOMDIR index file" in skipped["DICOMDIR"]
-    assert "not a readable DICOM file" in errors["broken.dcm"]
-    assert "not a readable DICOM file" in errors["empty.dcm"]
+    assert errors["broken.dcm"].startswith("starts like a DICOM file but its data cannot be read")
+    assert errors["empty.dcm"].startswith("is empty (0 bytes)")
     duplicate = [name for name in errors if "same SOPInstanceUID" in errors[name]]
     assert len(duplicate) == 1
     assert manifest["counts"]["staged"] == 5

@@ -4,19 +4,32 @@ The staged tree is what ``fw import --output-folder`` writes below the session: 
 acquisition, files named ``{SOPInstanceUID}.{Modality}.dcm``. Staging writes into a temporary
 sibling folder and renames it into place, so an interrupted run never leaves a staged session
 that looks finished. The source files are only ever opened for reading.
+
+Before the engine sees a file, every element of it is walked by tag and length, so that a file
+cut short or damaged is listed as an error instead of being staged broken. fw-file-rs reads only
+standard files (preamble, 'DICM', complete file meta, a data set that is not deflated): a file
+without that header (old PACS exports write the data set alone) or with a deflated data set is
+given a standard copy in the work folder, same data set bytes (inflated), which the engine then
+reads; the manifest notes it. Error messages describe what is wrong in words and never quote a
+value: fw-file-rs's own messages can (a damaged transfer syntax swallows the elements after it).
 """
 
 import hashlib
 import os
 import re
 import shutil
+import struct
+import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NoReturn
 
-from fw_file_rs.dcm import Context, is_dicom_part10
+from fw_file_rs.dcm import Context
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from deidpipe.files import (
     OWNER_ONLY_FILE,
@@ -84,42 +97,520 @@ def acquisition_folder_name(label: str) -> str:
     return name if name not in ("", ".", "..") else "acquisition"
 
 
-def _engine_message(error: Exception) -> str:
-    # Engine messages describe structure, not values; keep the first line, bounded.
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+# ---- what a file is: its container (preamble, file meta, encoding) and its element structure ----
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+# Transfer syntaxes whose whole data set is deflated, and the syntax of the inflated data set.
+INFLATED_SYNTAX = {DEFLATED_LE: EXPLICIT_LE, "1.2.840.10008.1.2.4.95": "1.2.840.10008.1.2.4.94",
+                   "1.2.840.10008.1.2.4.205": "1.2.840.10008.1.2.4.204"}
+NATIVE_SYNTAXES = {IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE}
+VRS = frozenset(vr.encode() for vr in (
+    "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    "UR US UT UV").split())
+LONG_VRS = frozenset(vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+VALUE_SIZE = {b"UL": 4, b"SL": 4, b"FL": 4, b"US": 2, b"SS": 2, b"FD": 8, b"AT": 4, b"SV": 8,
+              b"UV": 8}
+PIXEL_DATA = 0x7FE00010
+IMAGE_DATA_TAGS = frozenset({PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # where the engine stops
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PREAMBLE = b"\0" * 128 + b"DICM"
+MAX_META_VALUE = 1 << 16
+MAX_DEPTH = 64
+MAX_INFLATED = 4 << 30
+SPOOL_IN_MEMORY = 64 << 20
+
+RECOPY_ADVICE = "copy it again from the scanner or PACS export"
+
+
+class Unstageable(Exception):
+    """A file that cannot be staged. The message is for a research coordinator: it names what
+    is wrong in words, and never holds a DICOM value (values can identify the patient)."""
+
+
+@dataclass
+class Container:
+    """Where a file's data set starts and how it is encoded."""
+
+    dataset_offset: int
+    transfer_syntax: str  # as the file meta says, or as guessed when there is no file meta
+    meta: dict[int, tuple[bytes, bytes]]  # file meta elements: tag -> (VR, value)
+    standard: bool  # preamble, 'DICM', complete file meta: the engine reads the file as it is
+    guessed: bool = False  # no file meta: the encoding was found from the first element
+
+
+def _element_name(tag: int | None) -> str:
+    """' PatientName (0010,0010)' for a tag of the DICOM dictionary, else ''. In a damaged file
+    the 'tag' may be four bytes of a value (part of a name, say): those are never shown."""
+    if tag is None or not dictionary_has_tag(tag):
+        return ""
+    return f" {keyword_for_tag(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _dictionary_vr(tag: int) -> str:
+    """The VR the DICOM dictionary gives a tag ('' if unknown): readers use it where the file
+    does not say (implicit VR) or says UN."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return ""
+
+
+def _is_sequence(tag: int) -> bool:
+    return _dictionary_vr(tag) == "SQ"
+
+
+def _fits_its_type(tag: int, vr: bytes, length: int) -> bool:
+    """A number-valued element's length is a multiple of its value size (readers refuse it
+    otherwise). 'US or SS' and the like have one size."""
+    name = vr.decode() if vr and vr != b"UN" else _dictionary_vr(tag)
+    sizes = {VALUE_SIZE.get(option.strip().encode(), 1) for option in name.split(" or ")}
+    return len(sizes) != 1 or length % sizes.pop() == 0
+
+
+def _read_meta(handle: BinaryIO, offset: int, size: int) -> tuple[dict[int, tuple[bytes, bytes]],
+                                                                  int]:
+    """The file meta elements (group 0002, explicit VR little endian) from ``offset``."""
+    meta: dict[int, tuple[bytes, bytes]] = {}
+    while True:
+        handle.seek(offset)
+        head = handle.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            return meta, offset
+        tag = (0x0002 << 16) | struct.unpack("<H", head[2:4])[0]
+        vr = head[4:6]
+        if vr not in VRS:
+            if offset == 0:  # no preamble, and the first bytes are not a file meta element
+                return meta, offset
+            raise Unstageable("its DICOM file header (file meta information) is damaged; "
+                              + RECOPY_ADVICE)
+        if vr in LONG_VRS:
+            more = handle.read(4)
+            length = struct.unpack("<I", more)[0] if len(more) == 4 else UNDEFINED_LENGTH
+            start = offset + 12
+        else:
+            length, start = struct.unpack("<H", head[6:8])[0], offset + 8
+        if length > MAX_META_VALUE or start + length > size:
+            raise Unstageable("its DICOM file header (file meta information) is damaged or cut "
+                              "short; " + RECOPY_ADVICE)
+        if length % VALUE_SIZE.get(vr, 1) or (vr == b"UI" and length > 64) or (
+                tag == 0x00020000 and (vr, length) != (b"UL", 4)):
+            raise Unstageable("its DICOM file header (file meta information) is damaged; "
+                              + RECOPY_ADVICE)
+        handle.seek(start)
+        meta[tag] = (vr, handle.read(length))
+        offset = start + length
+
+
+def _guess_encoding(first: bytes) -> str | None:
+    """The encoding of a data set without file meta, from its first element (old PACS exports
+    write the data set alone). None: it does not start like a DICOM data set."""
+    if len(first) < 8:
+        return None
+
+    def plausible(group: int) -> bool:  # a data set starts with group 0008 (or a few before it)
+        return 0x0004 <= group <= 0x0010 and group % 2 == 0
+
+    group_le, group_be = struct.unpack("<H", first[:2])[0], struct.unpack(">H", first[:2])[0]
+    if first[4:6] in VRS:
+        if plausible(group_le):
+            return EXPLICIT_LE
+        if plausible(group_be):
+            return EXPLICIT_BE
+        return None
+    return IMPLICIT_LE if plausible(group_le) else None
+
+
+def read_container(handle: BinaryIO, size: int) -> Container | None:
+    """How the file is laid out; None when it is not DICOM at all."""
+    handle.seek(0)
+    head = handle.read(132)
+    has_preamble = head[128:132] == b"DICM"
+    meta, dataset_offset = _read_meta(handle, 132 if has_preamble else 0, size)
+    transfer_syntax = meta.get(0x00020010, (b"", b""))[1].rstrip(b"\0 ").decode("latin-1")
+    if transfer_syntax:
+        if not UID_PATTERN.match(transfer_syntax):
+            raise Unstageable("its DICOM file header names no valid encoding (transfer syntax); "
+                              "the file is damaged; " + RECOPY_ADVICE)
+        if transfer_syntax not in INFLATED_SYNTAX and not UID(transfer_syntax).is_transfer_syntax:
+            raise Unstageable("its DICOM file header names an encoding (transfer syntax) that is "
+                              "not a standard DICOM one; Flywheel's de-identification engine "
+                              "cannot read it")
+        group_length = meta.get(0x00020000, (b"", b""))[1]
+        standard = (has_preamble and len(group_length) == 4
+                    and struct.unpack("<I", group_length)[0] == dataset_offset - 144
+                    and transfer_syntax not in INFLATED_SYNTAX)
+        return Container(dataset_offset, transfer_syntax, meta, standard)
+    handle.seek(dataset_offset)
+    guessed = _guess_encoding(handle.read(8))
+    if guessed is None:
+        if has_preamble or meta:
+            raise Unstageable("starts like a DICOM file but its data cannot be read; the file is "
+                              "damaged; " + RECOPY_ADVICE)
+        return None
+    return Container(dataset_offset, guessed, meta, standard=False, guessed=True)
+
+
+@dataclass
+class Structure:
+    """What a walk over every element found."""
+
+    image_offset: int  # where the pixel data starts (the engine's header ends there), or the end
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+
+class _Walker:
+    """Walks every element of a data set by its tags and lengths (values are skipped, but for
+    the SOP class and instance UIDs), so that a file cut short or with a damaged element is
+    found before it is staged."""
+
+    def __init__(self, handle: BinaryIO, size: int, transfer_syntax: str, guessed: bool) -> None:
+        self.handle, self.size, self.guessed = handle, size, guessed
+        self.implicit = transfer_syntax == IMPLICIT_LE
+        self.little = transfer_syntax != EXPLICIT_BE
+        self.encapsulated = transfer_syntax not in NATIVE_SYNTAXES
+        self.in_pixel_data = False
+
+    def read(self, offset: int, count: int, tag: int | None = None) -> bytes:
+        self.handle.seek(offset)
+        data = self.handle.read(count)
+        if len(data) < count:
+            self.cut_short(tag)
+        return data
+
+    def cut_short(self, tag: int | None, wanted: int = 0, present: int = 0) -> NoReturn:
+        if self.in_pixel_data or tag in IMAGE_DATA_TAGS:
+            detail = (f" ({present} of {wanted} bytes are there)"
+                      if wanted and wanted != UNDEFINED_LENGTH else "")
+            raise Unstageable(f"is incomplete: it ends inside the image data{detail}; the copy "
+                              "was probably cut short; " + RECOPY_ADVICE)
+        name = _element_name(tag)
+        where = f" (at element{name})" if name else ""
+        raise Unstageable(f"is incomplete or damaged: its header runs past the end of the "
+                          f"file{where}, before the image data; the copy was probably cut short "
+                          "or damaged; " + RECOPY_ADVICE)
+
+    def damaged(self, what: str) -> NoReturn:
+        raise Unstageable(f"is damaged: {what}; " + RECOPY_ADVICE)
+
+    def element(self, offset: int, implicit: bool, little: bool) -> tuple[int, bytes, int, int]:
+        """(tag, VR, value length, value offset) of the element at ``offset``."""
+        head = self.read(offset, 8)
+        order = "<" if little else ">"
+        group, number = struct.unpack(order + "HH", head[:4])
+        tag = (group << 16) | number
+        if group == 0xFFFE or implicit:
+            return tag, b"", struct.unpack(order + "I", head[4:8])[0], offset + 8
+        vr = head[4:6]
+        if vr not in VRS:
+            self.damaged(f"an element{_element_name(tag)} has no valid value representation")
+        if vr in LONG_VRS:
+            length = struct.unpack(order + "I", self.read(offset + 8, 4, tag))[0]
+            return tag, vr, length, offset + 12
+        return tag, vr, struct.unpack(order + "H", head[6:8])[0], offset + 8
+
+    def dataset(self, offset: int, end: int | None, implicit: bool, little: bool, depth: int,
+                found: Structure | None = None) -> int:
+        """Walk elements from ``offset`` to ``end`` (None: to an item delimiter); return the
+        offset after them. ``found`` is the top level's record."""
+        if depth > MAX_DEPTH:
+            self.damaged("its sequences are nested too deep to be real")
+        while end is None or offset < end:
+            if found is not None and offset == self.size:
+                return offset
+            if found is not None and self._only_padding_from(offset):
+                return offset
+            tag, vr, length, value = self.element(offset, implicit, little)
+            if tag == ITEM_END and end is None:
+                return value
+            if tag >> 16 == 0xFFFE:
+                self.damaged("a sequence delimiter is out of place")
+            if found is not None and tag in IMAGE_DATA_TAGS and found.image_offset < 0:
+                found.image_offset = offset
+                self.in_pixel_data = True
+            if length == UNDEFINED_LENGTH:
+                if tag == PIXEL_DATA and (implicit or vr in (b"OB", b"OW")):
+                    if self.guessed:
+                        raise Unstageable(
+                            "has no DICOM file header (an old export format) and compressed "
+                            "image data, so how the image is compressed cannot be known; export "
+                            "it again as a standard DICOM file")
+                    if not self.encapsulated:
+                        self.damaged("its image data is compressed but its header says "
+                                     "uncompressed")
+                    offset = self.fragments(value)
+                elif implicit or vr == b"SQ":
+                    offset = self.sequence(value, None, implicit, little, depth)
+                elif vr == b"UN":  # a sequence of unknown type: implicit VR little endian
+                    offset = self.sequence(value, None, True, True, depth)
+                else:
+                    self.damaged(f"an element{_element_name(tag)} has no length")
+            else:
+                if value + length > self.size:
+                    self.cut_short(tag, length, self.size - value)
+                if end is not None and value + length > end:
+                    self.damaged(f"an element{_element_name(tag)} is longer than the item "
+                                 "holding it")
+                if not _fits_its_type(tag, vr, length):
+                    self.damaged(f"an element{_element_name(tag)} has a length that does not "
+                                 "fit its type")
+                if vr == b"SQ" or (implicit and _is_sequence(tag)):
+                    self.sequence(value, value + length, implicit, little, depth)
+                elif vr == b"UN" and _is_sequence(tag):  # read as implicit VR little endian
+                    self.sequence(value, value + length, True, True, depth)
+                elif found is not None and tag in (0x00080016, 0x00080018) and length <= 64:
+                    uid = self.read(value, length).rstrip(b"\0 ").decode("latin-1")
+                    if tag == 0x00080016:
+                        found.sop_class_uid = uid
+                    else:
+                        found.sop_instance_uid = uid
+                offset = value + length
+            if found is not None and self.in_pixel_data:
+                # What follows the image data is copied as it is (as Flywheel stores it);
+                # verification reads it and searches its bytes for identifiers.
+                self.in_pixel_data = False
+                return self.size
+        if offset != end:
+            self.damaged("an item is shorter than its elements")
+        return offset
+
+    def sequence(self, offset: int, end: int | None, implicit: bool, little: bool,
+                 depth: int) -> int:
+        while end is None or offset < end:
+            tag, _vr, length, value = self.element(offset, True, little)
+            if tag == SEQUENCE_END and end is None:
+                return value
+            if tag != ITEM:
+                self.damaged("a sequence holds something else where an item should be")
+            if length == UNDEFINED_LENGTH:
+                offset = self.dataset(value, None, implicit, little, depth + 1)
+            else:
+                if value + length > self.size:
+                    self.cut_short(None, length, self.size - value)
+                offset = self.dataset(value, value + length, implicit, little, depth + 1)
+        if offset != end:
+            self.damaged("a sequence is shorter than its items")
+        return offset
+
+    def fragments(self, offset: int) -> int:
+        """Encapsulated (compressed) pixel data: items of known length, then a delimiter."""
+        while True:
+            tag, _vr, length, value = self.element(offset, True, True)
+            if tag == SEQUENCE_END:
+                return value
+            if tag != ITEM or length == UNDEFINED_LENGTH:
+                self.damaged("its compressed image data is not a list of fragments")
+            if value + length > self.size:
+                self.cut_short(PIXEL_DATA, length, self.size - value)
+            offset = value + length
+
+    def _only_padding_from(self, offset: int) -> bool:
+        """Zero bytes to the end (some exports pad files to a block size)."""
+        if self.read(offset, min(8, self.size - offset)) != b"\0" * min(8, self.size - offset):
+            return False
+        self.handle.seek(offset)
+        while chunk := self.handle.read(COPY_CHUNK):
+            if chunk.count(0) != len(chunk):
+                return False
+        return True
+
+
+def walk_structure(handle: BinaryIO, size: int, container: Container, offset: int) -> Structure:
+    """Check every element of the data set starting at ``offset``."""
+    found = Structure(image_offset=-1)
+    walker = _Walker(handle, size, container.transfer_syntax, container.guessed)
+    walker.dataset(offset, None, walker.implicit, walker.little, 0, found)
+    if found.image_offset < 0:
+        found.image_offset = size
+    return found
+
+
+# ---- files without a standard DICOM file header -------------------------------------------
+
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr in (b"UI", b"OB") else b" "
+    head = struct.pack("<HH", 0x0002, tag & 0xFFFF) + vr
+    if vr in LONG_VRS:
+        return head + b"\0\0" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def standard_header(container: Container, transfer_syntax: str, structure: Structure) -> bytes:
+    """Preamble, 'DICM' and a complete file meta group for a data set that lacks them: the
+    file meta the file had (if any), with what the standard requires added."""
+    meta = dict(container.meta)
+    meta.pop(0x00020000, None)
+    meta.setdefault(0x00020001, (b"OB", b"\0\1"))
+    if UID_PATTERN.match(structure.sop_class_uid):
+        meta.setdefault(0x00020002, (b"UI", structure.sop_class_uid.encode()))
+    if UID_PATTERN.match(structure.sop_instance_uid):
+        meta.setdefault(0x00020003, (b"UI", structure.sop_instance_uid.encode()))
+    meta[0x00020010] = (b"UI", transfer_syntax.encode())
+    meta.setdefault(0x00020012, (b"UI", PYDICOM_IMPLEMENTATION_UID.encode()))
+    body = b"".join(_meta_element(tag, vr, value) for tag, (vr, value) in sorted(meta.items()))
+    return PREAMBLE + _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _inflate(handle: BinaryIO, offset: int, into: BinaryIO) -> int:
+    """Inflate a deflated data set (raw deflate from ``offset``) into ``into``; its size."""
+    handle.seek(offset)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    try:
+        while chunk := handle.read(COPY_CHUNK):
+            while chunk:
+                data = inflater.decompress(chunk, COPY_CHUNK)
+                into.write(data)
+                size += len(data)
+                if size > MAX_INFLATED:
+                    raise Unstageable("is too large once uncompressed to be staged")
+                chunk = inflater.unconsumed_tail
+        into.write(inflater.flush())
+    except zlib.error:
+        raise Unstageable("is compressed as a whole (deflated) and its compressed data is "
+                          "damaged; " + RECOPY_ADVICE) from None
+    if not inflater.eof:
+        raise Unstageable("is compressed as a whole (deflated) and is cut short; "
+                          + RECOPY_ADVICE)
+    return into.tell()
+
+
+@dataclass
+class EngineInput:
+    """The file the engine reads (the source, or a standard copy of it in the work folder)."""
+
+    path: Path
+    image_offset: int
+    note: str = ""
+
+
+def _copy(reader: BinaryIO, writer: BinaryIO) -> None:
+    while chunk := reader.read(COPY_CHUNK):
+        writer.write(chunk)
+
+
+def prepare_input(source: Path, handle: BinaryIO, size: int, container: Container,
+                  work_copy: Path) -> EngineInput:
+    """Check the file's structure; for a file without a standard DICOM file header write a
+    standard copy (same data set bytes) for the engine, which reads only standard files."""
+    if container.standard:
+        structure = walk_structure(handle, size, container, container.dataset_offset)
+        return EngineInput(source, structure.image_offset)
+    with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=work_copy.parent) as body:
+        if container.transfer_syntax in INFLATED_SYNTAX:
+            body_size = _inflate(handle, container.dataset_offset, body)
+            transfer_syntax = INFLATED_SYNTAX[container.transfer_syntax]
+            note = ("the source is compressed as a whole (deflated transfer syntax); the staged "
+                    f"copy holds the same data uncompressed ({UID(transfer_syntax).name})")
+        else:
+            handle.seek(container.dataset_offset)
+            _copy(handle, body)
+            body_size = size - container.dataset_offset
+            transfer_syntax = container.transfer_syntax
+            note = ("the source has no standard DICOM file header (128-byte preamble, 'DICM', "
+                    "complete file meta); the staged copy has one, the data set is unchanged")
+        structure = walk_structure(body, body_size, replace(container, transfer_syntax=(
+            transfer_syntax)), 0)
+        header = standard_header(container, transfer_syntax, structure)
+        body.seek(0)
+        with open(os.open(work_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE),
+                  "wb") as writer:
+            writer.write(header)
+            _copy(body, writer)
+    return EngineInput(work_copy, len(header) + structure.image_offset, note)
+
+
+def _engine_failure(error: BaseException, transfer_syntax: str) -> str:
+    """A description of an engine error without its text: engine messages quote values (a
+    damaged transfer syntax element, say, swallows the elements after it)."""
+    text = str(error)
+    if "Unsupported transfer syntax" in text:
+        name = UID(transfer_syntax).name if UID(transfer_syntax).is_transfer_syntax else ""
+        which = f" ({name})" if name else " (an unknown one)"
+        return (f"uses an encoding (transfer syntax){which} that Flywheel's de-identification "
+                "engine cannot read")
+    if "No elements found" in text:
+        return ("Flywheel's de-identification engine finds no readable elements in it "
+                "(a damaged header, or an encoding the engine cannot read)")
+    return "Flywheel's de-identification engine cannot read its header (the file is damaged)"
+
+
+def _is_engine_error(error: BaseException) -> bool:
+    # The engine is Rust: a panic arrives as pyo3's PanicException, a BaseException.
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
 def deidentify_file(engine: Context, source: Path, relative: str, target: Path) -> FileOutcome:
-    """De-identify one file into ``target`` (a temporary name); classify what it was."""
+    """De-identify one file into ``target`` (a temporary name); classify what it was.
+
+    A file that cannot be staged is an "error" outcome whose message names the problem and
+    never a value. A failure to write into the staging folder (a full disk) is raised: it fails
+    the session, not the file.
+    """
     if source.name.upper() == "DICOMDIR":
         return FileOutcome(relative, "skipped",
                            "DICOMDIR index file (holds patient names; no image needs it)")
     try:
-        looks_like_dicom = is_dicom_part10(str(source))
+        handle = open(source, "rb")  # noqa: SIM115 (closed below)
     except OSError as error:
-        return FileOutcome(relative, "error", f"cannot be read ({error.strerror})")
-    if not looks_like_dicom:
-        if source.suffix.lower() in DICOM_SUFFIXES:
-            return FileOutcome(relative, "error",
-                               "named like a DICOM file but is not a readable DICOM file")
-        return FileOutcome(relative, "skipped", "not a DICOM file")
+        return FileOutcome(relative, "error", "cannot be read"
+                           + (f" ({error.strerror})" if error.strerror else "")
+                           + ": check that the file is still there and that you may read it")
+    work_copy = target.with_suffix(".source")
     try:
-        header = bytes(engine.read_until_pixels(str(source)))
+        with handle:
+            return _deidentify(engine, source, relative, target, handle, work_copy)
+    except Unstageable as error:
+        target.unlink(missing_ok=True)
+        return FileOutcome(relative, "error", str(error))
+    finally:
+        work_copy.unlink(missing_ok=True)
+
+
+def _deidentify(engine: Context, source: Path, relative: str, target: Path, handle: BinaryIO,
+                work_copy: Path) -> FileOutcome:
+    size = os.fstat(handle.fileno()).st_size
+    named_dicom = source.suffix.lower() in DICOM_SUFFIXES
+    if size == 0:
+        if named_dicom:
+            raise Unstageable("is empty (0 bytes); " + RECOPY_ADVICE)
+        return FileOutcome(relative, "skipped", "not a DICOM file (empty)")
+    container = read_container(handle, size)
+    if container is None:
+        if named_dicom:
+            raise Unstageable("is named like a DICOM file but is not one (it may be a report, a "
+                              "text file or a damaged copy)")
+        return FileOutcome(relative, "skipped", "not a DICOM file")
+    engine_input = prepare_input(source, handle, size, container, work_copy)
+    try:
+        header = bytes(engine.read_until_pixels(str(engine_input.path)))
         deidentified_header = bytes(engine.deid_header(header))
         fields = engine.parse_header(deidentified_header)
-    except (ValueError, RuntimeError, OSError) as error:
-        return FileOutcome(relative, "error",
-                           f"not a readable DICOM file: {_engine_message(error)}")
+        meta = engine.get_fw_meta(fields)
+    except BaseException as error:
+        if not _is_engine_error(error):
+            raise
+        raise Unstageable(_engine_failure(error, container.transfer_syntax)) from None
+    if len(header) != engine_input.image_offset:
+        raise Unstageable("is damaged or unusual: Flywheel's de-identification engine and the "
+                          "structure check disagree on where its image data starts; ask the "
+                          "data team to look at it")
     sop_instance_uid = str(fields.get("SOPInstanceUID") or "")
     if not UID_PATTERN.match(sop_instance_uid):
-        return FileOutcome(relative, "error", "has no valid SOPInstanceUID (0008,0018)")
+        raise Unstageable("has no valid SOPInstanceUID (0008,0018), the image's unique "
+                          "identifier, so it can be neither named nor uploaded; if it is an "
+                          "image, " + RECOPY_ADVICE)
     modality = str(fields.get("Modality") or "")
     file_name = f"{sop_instance_uid}.{modality}.dcm" if modality else f"{sop_instance_uid}.dcm"
-    meta = engine.get_fw_meta(fields)
     label = acquisition_folder_name(str(meta.get("acquisition.label") or ""))
     digest = hashlib.sha256(deidentified_header)
     size = len(deidentified_header)
-    with open(source, "rb") as reader, open(
+    with open(engine_input.path, "rb") as reader, open(
             os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE), "wb") as writer:
         writer.write(deidentified_header)
         reader.seek(len(header))
@@ -127,8 +618,8 @@ def deidentify_file(engine: Context, source: Path, relative: str, target: Path) 
             writer.write(chunk)
             digest.update(chunk)
             size += len(chunk)
-    return FileOutcome(relative, "staged", staged=f"{label}/{file_name}",
-                       sop_instance_uid=sop_instance_uid,
+    return FileOutcome(relative, "staged", detail=engine_input.note,
+                       staged=f"{label}/{file_name}", sop_instance_uid=sop_instance_uid,
                        acquisition_uid=str(meta.get("acquisition.uid") or ""),
                        sha256=digest.hexdigest(), size=size)
 
@@ -193,7 +684,11 @@ def stage_session(
     sources, outcomes = list_source_files(dicom_dir)
     make_private_dir(staged_session_dir.parent)
     work_dir = staged_session_dir.with_name(f".{staged_session_dir.name}.staging-{os.getpid()}")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # A killed run leaves its work folder behind (staged copies: sensitive). Only one job
+    # stages a session at a time, so every such sibling is stale.
+    for stale in [*staged_session_dir.parent.glob(f".{staged_session_dir.name}.staging-*"),
+                  *staged_session_dir.parent.glob(f".{staged_session_dir.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     make_private_dir(work_dir)
     try:
         def stage_one(item: tuple[int, Path]) -> FileOutcome:
@@ -216,7 +711,7 @@ def stage_session(
         "counts": {kind: sum(outcome.kind == kind for outcome in outcomes)
                    for kind in ("staged", "skipped", "error")},
         "files": [{"source": o.source, "staged": o.staged, "sop_instance_uid": o.sop_instance_uid,
-                   "sha256": o.sha256, "bytes": o.size}
+                   "sha256": o.sha256, "bytes": o.size, **({"note": o.detail} if o.detail else {})}
                   for o in outcomes if o.kind == "staged"],
         "skipped": [{"source": o.source, "reason": o.detail}
                     for o in outcomes if o.kind == "skipped"],

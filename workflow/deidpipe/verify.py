@@ -572,12 +572,22 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
     attributes_found: set[str] = set()
     if dataset is not None:
         source = _read_source(context.dicom_dir / entry["source"], stop_before_pixels=False)
-        tally_changes(dataset, source, name, context)
+        try:
+            tally_changes(dataset, source, name, context)
+        except READ_ERRORS as error:  # damaged source elements (after the pixel data, say)
+            source = None
+            context.add(Finding("integrity", name, "", "the source file cannot be read to its "
+                                f"end ({type(error).__name__}); pixel data and attribute "
+                                "changes were not compared"))
         check_profile_actions(dataset, name, context)
         check_deidentification_method(dataset, name, context)
         attributes_found = scan_elements(dataset, name, context)
         if not problem:
-            check_integrity(dataset, source, name, context)
+            try:
+                check_integrity(dataset, source, name, context)
+            except READ_ERRORS as error:
+                context.add(Finding("integrity", name, "", "the pixel data could not be "
+                                    f"compared with the source's ({type(error).__name__})"))
         check_burned_in(dataset, name, context)
         for tag, action in populated_basic_profile_tags(dataset):
             context.basic_profile[(tag, action)] += 1
