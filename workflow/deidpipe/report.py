@@ -394,17 +394,23 @@ def _burned_in_section(batch: _Batch) -> str:
                     body + batch.older_reports_note("burned_in"))
 
 
-def _basic_profile_section(batch: _Batch) -> str:
-    # (attribute, tag, action) -> [sessions, files]
+def _attribute_totals(batch: _Batch, key: str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(attribute, tag, action) -> (sessions, files) over the batch, for a per-attribute list
+    of the reports ('basic_profile_audit' or 'changes'), sorted."""
     totals: defaultdict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for _name, report in batch.verified():
-        for entry in report.get("basic_profile_audit") or []:
-            key = (str(entry.get("attribute", "")), str(entry.get("tag", "")),
-                   str(entry.get("action", "")))
-            totals[key][0] += 1
-            totals[key][1] += int(entry.get("files", 0))
-    rows = [[attribute, tag, action, sessions, files]
-            for (attribute, tag, action), (sessions, files) in sorted(totals.items())]
+        for entry in report.get(key) or []:
+            counted = totals[(str(entry.get("attribute", "")), str(entry.get("tag", "")),
+                              str(entry.get("action", "")))]
+            counted[0] += 1
+            counted[1] += int(entry.get("files", 0))
+    return {attribute: (sessions, files)
+            for attribute, (sessions, files) in sorted(totals.items())}
+
+
+def _basic_profile_section(batch: _Batch) -> str:
+    rows = [[attribute, tag, action, sessions, files] for (attribute, tag, action), (
+        sessions, files) in _attribute_totals(batch, "basic_profile_audit").items()]
     body = (_table(["Attribute", "Tag", "Standard action", "Sessions", "Files"], rows) if rows
             else _sentence("No attribute of the Basic Profile remains populated."))
     explanation = (
@@ -419,14 +425,8 @@ def _basic_profile_section(batch: _Batch) -> str:
 
 
 def _changes_section(batch: _Batch) -> str:
-    totals: defaultdict[tuple[str, str, str], int] = defaultdict(int)
-    for _name, report in batch.verified():
-        for entry in report.get("changes") or []:
-            key = (str(entry.get("attribute", "")), str(entry.get("tag", "")),
-                   str(entry.get("action", "")))
-            totals[key] += int(entry.get("files", 0))
-    rows = [[attribute, tag, action, files]
-            for (attribute, tag, action), files in sorted(totals.items())]
+    rows = [[attribute, tag, action, files] for (attribute, tag, action), (
+        _sessions, files) in _attribute_totals(batch, "changes").items()]
     body = (_table(["Attribute", "Tag", "Action", "Files"], rows) if rows
             else _sentence("No attribute was changed."))
     explanation = (
