@@ -78,3 +78,14 @@ def test_clean_control_has_no_fail(case, tmp_path, profile_path):
     fails = [finding for finding in report["findings"] if finding["severity"] == "fail"]
     assert not fails, fails
     assert report["status"] in ("pass", "warn")
+
+
+def test_a_leak_two_sequences_deep_names_the_whole_path(tmp_path, profile_path):
+    case = next(case for case in CASES if case.kind == "nested sequence item")
+    report, _ = verify_case(case, tmp_path, profile_path)
+    tags = {finding["tag"] for finding in report["findings"]
+            if finding.get("source_attribute") == "PatientID"}
+    # Each sequence once, with its item number (an earlier walker repeated the outer one).
+    assert tags == {"RequestAttributesSequence (0040,0275) item 1 > "
+                    "ReasonForRequestedProcedureCodeSequence (0040,100A) item 1 > "
+                    "CodeMeaning (0008,0104)"}

@@ -110,14 +110,19 @@ def _element_values(element: DataElement) -> list[str]:
     return [str(value)]
 
 
-def iter_elements(dataset: Dataset, parents: tuple[str, ...] = ()
-                  ) -> Iterator[tuple[tuple[str, ...], DataElement]]:
-    """Every element at any depth, with the keywords of the sequences it sits in."""
+# The sequences an element sits in, outermost first, each with the item number (from 1).
+Nesting = tuple[tuple[DataElement, int], ...]
+
+
+def iter_elements(dataset: Dataset, nesting: Nesting = ()
+                  ) -> Iterator[tuple[Nesting, DataElement]]:
+    """Every element that is not a sequence, at any depth, with the sequence items it is in."""
     for element in dataset:
-        yield parents, element
         if element.VR == "SQ":
-            for item in element.value or []:
-                yield from iter_elements(item, (*parents, element.keyword or str(element.tag)))
+            for number, item in enumerate(element.value or [], start=1):
+                yield from iter_elements(item, (*nesting, (element, number)))
+            continue
+        yield nesting, element
 
 
 @dataclass
@@ -134,8 +139,9 @@ class IdentifierSet:
     def add_dataset(self, dataset: Dataset) -> None:
         """Add the identifying values of one source dataset (kept in memory only)."""
         wanted = set(IDENTIFIER_KEYWORDS) | set(self.extra_keywords)
-        for parents, element in iter_elements(dataset):
+        for nesting, element in iter_elements(dataset):
             keyword = element.keyword
+            parents = [sequence.keyword or str(sequence.tag) for sequence, _number in nesting]
             if element.VR == "PN":
                 attribute = " > ".join((*parents, keyword or str(element.tag)))
                 for value in _element_values(element):

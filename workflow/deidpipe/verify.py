@@ -27,7 +27,7 @@ from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
-from deidpipe.identifiers import IdentifierSet, Matcher, Needle
+from deidpipe.identifiers import IdentifierSet, Matcher, Needle, iter_elements
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
 
@@ -153,11 +153,6 @@ class SessionContext:
 
 # ---- reading DICOM ---------------------------------------------------------------------------
 
-def element_path(parents: list[str], element: DataElement) -> str:
-    """A tag path people can read: 'RequestAttributesSequence (0040,0275) item 1 > ...'."""
-    return " > ".join([*parents, element_name(element)])
-
-
 def element_name(element: DataElement) -> str:
     name = element.keyword or (f"private tag [{element.private_creator}]"
                                if element.tag.is_private and element.private_creator
@@ -178,19 +173,13 @@ def element_text(element: DataElement) -> str:
     return str(value)
 
 
-def walk_elements(dataset: Dataset, parents: list[str] | None = None
-                  ) -> Iterator[tuple[str, DataElement]]:
-    """Every non-sequence element with its tag path, depth first; pixel data skipped."""
-    parents = parents or []
-    for element in dataset:
-        if int(element.tag) in PIXEL_TAGS:
-            continue
-        if element.VR == "SQ":
-            path = element_path(parents, element)
-            for number, item in enumerate(element.value or [], start=1):
-                yield from walk_elements(item, [*parents, f"{path} item {number}"])
-            continue
-        yield element_path(parents, element), element
+def walk_elements(dataset: Dataset) -> Iterator[tuple[str, DataElement]]:
+    """Every non-sequence element with a tag path people can read, depth first, pixel data
+    skipped: 'RequestAttributesSequence (0040,0275) item 1 > ScheduledProcedureStep...'."""
+    for nesting, element in iter_elements(dataset):
+        if int(element.tag) not in PIXEL_TAGS:
+            yield " > ".join([*(f"{element_name(sequence)} item {number}"
+                                for sequence, number in nesting), element_name(element)]), element
 
 
 # What pydicom raises on damaged data (OSError: 'No tag to read at file position ...').
@@ -250,7 +239,7 @@ def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) 
         element = dataset.data_element(keyword) if keyword in dataset else None
         if profile_field.get("remove"):
             if element is not None:
-                context.add(Finding("profile_actions", name, element_path([], element),
+                context.add(Finding("profile_actions", name, element_name(element),
                                     f"{keyword} should have been removed but is present"))
             continue
         replacement = str(profile_field.get("replace-with", ""))
@@ -260,7 +249,7 @@ def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) 
                                 "but is missing"))
         elif not _value_equals(element, replacement):
             what = "empty" if replacement == "" else "the profile's replacement"
-            context.add(Finding("profile_actions", name, element_path([], element),
+            context.add(Finding("profile_actions", name, element_name(element),
                                 f"{keyword} should be {what} but holds another value"))
 
 
