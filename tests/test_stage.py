@@ -130,3 +130,21 @@ def test_byte_identical_to_the_engine_applied_to_the_whole_header(source, profil
     expected = bytes(engine.deid_header(header)) + original[len(header):]
     assert (staged / entry["staged"]).read_bytes() == expected
     assert pydicom.dcmread(io.BytesIO(expected)).PatientName == ""
+
+
+def test_worker_processes_stage_the_same_bytes_as_one_process(profile_v1, tmp_path):
+    """A session large enough to be shared out to worker processes gives the same staged
+    files and manifest as staging it file by file in one process."""
+    spec = SessionSpec("big", [SeriesSpec("MR_small.dcm", "T1w", 30),
+                               SeriesSpec("CT_small.dcm", "CT", 20)],
+                       extra_files={"notes.txt": b"not dicom\n", "cut.dcm": b"\0" * 128 + b"DICM"})
+    source = tmp_path / "source"
+    build_session(spec, source)
+    results = {}
+    for threads in (1, 4):
+        staged = tmp_path / f"staged-{threads}"
+        manifest = stage_session(source, profile_v1, staged, tmp_path / f"m-{threads}.json",
+                                 threads=threads)
+        results[threads] = (manifest, tree_digest(staged))
+    assert results[1] == results[4]
+    assert results[4][0]["counts"] == {"staged": 50, "skipped": 1, "error": 1}

@@ -15,17 +15,22 @@ value: fw-file-rs's own messages can (a damaged transfer syntax swallows the ele
 """
 
 import hashlib
+import mmap
+import multiprocessing
 import os
 import re
 import shutil
 import struct
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from fw_file_rs.dcm import Context
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
@@ -121,7 +126,11 @@ PREAMBLE = b"\0" * 128 + b"DICM"
 MAX_META_VALUE = 1 << 16
 MAX_DEPTH = 64
 MAX_INFLATED = 4 << 30
-SPOOL_IN_MEMORY = 64 << 20
+
+T = TypeVar("T")
+R = TypeVar("R")
+# A file's bytes: mapped into memory (mmap) or, for an empty file, b"".
+Buffer = bytes | mmap.mmap
 
 RECOPY_ADVICE = "copy it again from the scanner or PACS export"
 
@@ -150,6 +159,7 @@ def _element_name(tag: int | None) -> str:
     return f" {keyword_for_tag(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+@lru_cache(maxsize=8192)
 def _dictionary_vr(tag: int) -> str:
     """The VR the DICOM dictionary gives a tag ('' if unknown): readers use it where the file
     does not say (implicit VR) or says UN."""
@@ -163,21 +173,12 @@ def _is_sequence(tag: int) -> bool:
     return _dictionary_vr(tag) == "SQ"
 
 
-def _fits_its_type(tag: int, vr: bytes, length: int) -> bool:
-    """A number-valued element's length is a multiple of its value size (readers refuse it
-    otherwise). 'US or SS' and the like have one size."""
-    name = vr.decode() if vr and vr != b"UN" else _dictionary_vr(tag)
-    sizes = {VALUE_SIZE.get(option.strip().encode(), 1) for option in name.split(" or ")}
-    return len(sizes) != 1 or length % sizes.pop() == 0
-
-
-def _read_meta(handle: BinaryIO, offset: int, size: int) -> tuple[dict[int, tuple[bytes, bytes]],
-                                                                  int]:
+def _read_meta(data: Buffer, offset: int) -> tuple[dict[int, tuple[bytes, bytes]], int]:
     """The file meta elements (group 0002, explicit VR little endian) from ``offset``."""
     meta: dict[int, tuple[bytes, bytes]] = {}
+    size = len(data)
     while True:
-        handle.seek(offset)
-        head = handle.read(8)
+        head = data[offset:offset + 8]
         if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
             return meta, offset
         tag = (0x0002 << 16) | struct.unpack("<H", head[2:4])[0]
@@ -188,7 +189,7 @@ def _read_meta(handle: BinaryIO, offset: int, size: int) -> tuple[dict[int, tupl
             raise Unstageable("its DICOM file header (file meta information) is damaged; "
                               + RECOPY_ADVICE)
         if vr in LONG_VRS:
-            more = handle.read(4)
+            more = data[offset + 8:offset + 12]
             length = struct.unpack("<I", more)[0] if len(more) == 4 else UNDEFINED_LENGTH
             start = offset + 12
         else:
@@ -200,8 +201,7 @@ def _read_meta(handle: BinaryIO, offset: int, size: int) -> tuple[dict[int, tupl
                 tag == 0x00020000 and (vr, length) != (b"UL", 4)):
             raise Unstageable("its DICOM file header (file meta information) is damaged; "
                               + RECOPY_ADVICE)
-        handle.seek(start)
-        meta[tag] = (vr, handle.read(length))
+        meta[tag] = (vr, data[start:start + length])
         offset = start + length
 
 
@@ -224,12 +224,10 @@ def _guess_encoding(first: bytes) -> str | None:
     return IMPLICIT_LE if plausible(group_le) else None
 
 
-def read_container(handle: BinaryIO, size: int) -> Container | None:
+def read_container(data: Buffer) -> Container | None:
     """How the file is laid out; None when it is not DICOM at all."""
-    handle.seek(0)
-    head = handle.read(132)
-    has_preamble = head[128:132] == b"DICM"
-    meta, dataset_offset = _read_meta(handle, 132 if has_preamble else 0, size)
+    has_preamble = data[128:132] == b"DICM"
+    meta, dataset_offset = _read_meta(data, 132 if has_preamble else 0)
     transfer_syntax = meta.get(0x00020010, (b"", b""))[1].rstrip(b"\0 ").decode("latin-1")
     if transfer_syntax:
         if not UID_PATTERN.match(transfer_syntax):
@@ -244,8 +242,7 @@ def read_container(handle: BinaryIO, size: int) -> Container | None:
                     and struct.unpack("<I", group_length)[0] == dataset_offset - 144
                     and transfer_syntax not in INFLATED_SYNTAX)
         return Container(dataset_offset, transfer_syntax, meta, standard)
-    handle.seek(dataset_offset)
-    guessed = _guess_encoding(handle.read(8))
+    guessed = _guess_encoding(data[dataset_offset:dataset_offset + 8])
     if guessed is None:
         if has_preamble or meta:
             raise Unstageable("starts like a DICOM file but its data cannot be read; the file is "
@@ -263,24 +260,34 @@ class Structure:
     sop_instance_uid: str = ""
 
 
+# Element heads: (group, element, 4-byte length) for implicit VR and items; (group, element,
+# VR, 2-byte length) for explicit VR.
+IMPLICIT_HEAD = {True: struct.Struct("<HHI"), False: struct.Struct(">HHI")}
+EXPLICIT_HEAD = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+LONG_LENGTH = {True: struct.Struct("<I"), False: struct.Struct(">I")}
+ZEROS = b"\0" * 8
+
+
+@lru_cache(maxsize=8192)
+def _fits_its_type(tag: int, vr: bytes, length: int) -> bool:
+    """A number-valued element's length is a multiple of its value size (readers refuse it
+    otherwise). 'US or SS' and the like have one size."""
+    name = vr.decode() if vr and vr != b"UN" else _dictionary_vr(tag)
+    sizes = {VALUE_SIZE.get(option.strip().encode(), 1) for option in name.split(" or ")}
+    return len(sizes) != 1 or length % sizes.pop() == 0
+
+
 class _Walker:
     """Walks every element of a data set by its tags and lengths (values are skipped, but for
     the SOP class and instance UIDs), so that a file cut short or with a damaged element is
-    found before it is staged."""
+    found before it is staged. Works on the file's bytes mapped into memory: no read calls."""
 
-    def __init__(self, handle: BinaryIO, size: int, transfer_syntax: str, guessed: bool) -> None:
-        self.handle, self.size, self.guessed = handle, size, guessed
+    def __init__(self, data: Buffer, transfer_syntax: str, guessed: bool) -> None:
+        self.data, self.size, self.guessed = data, len(data), guessed
         self.implicit = transfer_syntax == IMPLICIT_LE
         self.little = transfer_syntax != EXPLICIT_BE
         self.encapsulated = transfer_syntax not in NATIVE_SYNTAXES
         self.in_pixel_data = False
-
-    def read(self, offset: int, count: int, tag: int | None = None) -> bytes:
-        self.handle.seek(offset)
-        data = self.handle.read(count)
-        if len(data) < count:
-            self.cut_short(tag)
-        return data
 
     def cut_short(self, tag: int | None, wanted: int = 0, present: int = 0) -> NoReturn:
         if self.in_pixel_data or tag in IMAGE_DATA_TAGS:
@@ -299,19 +306,22 @@ class _Walker:
 
     def element(self, offset: int, implicit: bool, little: bool) -> tuple[int, bytes, int, int]:
         """(tag, VR, value length, value offset) of the element at ``offset``."""
-        head = self.read(offset, 8)
-        order = "<" if little else ">"
-        group, number = struct.unpack(order + "HH", head[:4])
+        if offset + 8 > self.size:
+            self.cut_short(None)
+        if implicit:
+            group, number, length = IMPLICIT_HEAD[little].unpack_from(self.data, offset)
+            return (group << 16) | number, b"", length, offset + 8
+        group, number, vr, length = EXPLICIT_HEAD[little].unpack_from(self.data, offset)
         tag = (group << 16) | number
-        if group == 0xFFFE or implicit:
-            return tag, b"", struct.unpack(order + "I", head[4:8])[0], offset + 8
-        vr = head[4:6]
+        if group == 0xFFFE:
+            return tag, b"", IMPLICIT_HEAD[little].unpack_from(self.data, offset)[2], offset + 8
         if vr not in VRS:
             self.damaged(f"an element{_element_name(tag)} has no valid value representation")
         if vr in LONG_VRS:
-            length = struct.unpack(order + "I", self.read(offset + 8, 4, tag))[0]
-            return tag, vr, length, offset + 12
-        return tag, vr, struct.unpack(order + "H", head[6:8])[0], offset + 8
+            if offset + 12 > self.size:
+                self.cut_short(tag)
+            return tag, vr, LONG_LENGTH[little].unpack_from(self.data, offset + 8)[0], offset + 12
+        return tag, vr, length, offset + 8
 
     def dataset(self, offset: int, end: int | None, implicit: bool, little: bool, depth: int,
                 found: Structure | None = None) -> int:
@@ -320,9 +330,9 @@ class _Walker:
         if depth > MAX_DEPTH:
             self.damaged("its sequences are nested too deep to be real")
         while end is None or offset < end:
-            if found is not None and offset == self.size:
-                return offset
-            if found is not None and self._only_padding_from(offset):
+            if found is not None and (offset == self.size or (
+                    self.data[offset:offset + 8] == ZEROS[:self.size - offset]
+                    and self._only_padding_from(offset))):
                 return offset
             tag, vr, length, value = self.element(offset, implicit, little)
             if tag == ITEM_END and end is None:
@@ -363,7 +373,7 @@ class _Walker:
                 elif vr == b"UN" and _is_sequence(tag):  # read as implicit VR little endian
                     self.sequence(value, value + length, True, True, depth)
                 elif found is not None and tag in (0x00080016, 0x00080018) and length <= 64:
-                    uid = self.read(value, length).rstrip(b"\0 ").decode("latin-1")
+                    uid = self.data[value:value + length].rstrip(b"\0 ").decode("latin-1")
                     if tag == 0x00080016:
                         found.sop_class_uid = uid
                     else:
@@ -410,22 +420,20 @@ class _Walker:
 
     def _only_padding_from(self, offset: int) -> bool:
         """Zero bytes to the end (some exports pad files to a block size)."""
-        if self.read(offset, min(8, self.size - offset)) != b"\0" * min(8, self.size - offset):
-            return False
-        self.handle.seek(offset)
-        while chunk := self.handle.read(COPY_CHUNK):
+        for start in range(offset, self.size, COPY_CHUNK):
+            chunk = self.data[start:min(start + COPY_CHUNK, self.size)]
             if chunk.count(0) != len(chunk):
                 return False
         return True
 
 
-def walk_structure(handle: BinaryIO, size: int, container: Container, offset: int) -> Structure:
+def walk_structure(data: Buffer, container: Container, offset: int) -> Structure:
     """Check every element of the data set starting at ``offset``."""
     found = Structure(image_offset=-1)
-    walker = _Walker(handle, size, container.transfer_syntax, container.guessed)
+    walker = _Walker(data, container.transfer_syntax, container.guessed)
     walker.dataset(offset, None, walker.implicit, walker.little, 0, found)
     if found.image_offset < 0:
-        found.image_offset = size
+        found.image_offset = walker.size
     return found
 
 
@@ -456,17 +464,17 @@ def standard_header(container: Container, transfer_syntax: str, structure: Struc
     return PREAMBLE + _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
 
 
-def _inflate(handle: BinaryIO, offset: int, into: BinaryIO) -> int:
+def _inflate(data: Buffer, offset: int, into: BinaryIO) -> int:
     """Inflate a deflated data set (raw deflate from ``offset``) into ``into``; its size."""
-    handle.seek(offset)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
     try:
-        while chunk := handle.read(COPY_CHUNK):
+        for start in range(offset, len(data), COPY_CHUNK):
+            chunk = data[start:start + COPY_CHUNK]
             while chunk:
-                data = inflater.decompress(chunk, COPY_CHUNK)
-                into.write(data)
-                size += len(data)
+                inflated = inflater.decompress(chunk, COPY_CHUNK)
+                into.write(inflated)
+                size += len(inflated)
                 if size > MAX_INFLATED:
                     raise Unstageable("is too large once uncompressed to be staged")
                 chunk = inflater.unconsumed_tail
@@ -489,39 +497,54 @@ class EngineInput:
     note: str = ""
 
 
-def _copy(reader: BinaryIO, writer: BinaryIO) -> None:
-    while chunk := reader.read(COPY_CHUNK):
+def _copy_from(data: Buffer, start: int, writer: BinaryIO, digest: Any = None) -> int:
+    """Write ``data`` from ``start`` to its end in chunks (memory stays bounded for large
+    files); feed ``digest`` too. Returns the bytes written."""
+    for offset in range(start, len(data), COPY_CHUNK):
+        chunk = data[offset:offset + COPY_CHUNK]
         writer.write(chunk)
+        if digest is not None:
+            digest.update(chunk)
+    return max(0, len(data) - start)
 
 
-def prepare_input(source: Path, handle: BinaryIO, size: int, container: Container,
+@contextmanager
+def mapped(handle: BinaryIO) -> Iterator[Buffer]:
+    """The file's bytes, mapped into memory (read only); b'' for an empty file."""
+    if os.fstat(handle.fileno()).st_size == 0:
+        yield b""
+        return
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
+
+
+def prepare_input(source: Path, data: Buffer, container: Container,
                   work_copy: Path) -> EngineInput:
     """Check the file's structure; for a file without a standard DICOM file header write a
     standard copy (same data set bytes) for the engine, which reads only standard files."""
     if container.standard:
-        structure = walk_structure(handle, size, container, container.dataset_offset)
+        structure = walk_structure(data, container, container.dataset_offset)
         return EngineInput(source, structure.image_offset)
-    with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=work_copy.parent) as body:
+    with tempfile.TemporaryFile(dir=work_copy.parent) as body:
         if container.transfer_syntax in INFLATED_SYNTAX:
-            body_size = _inflate(handle, container.dataset_offset, body)
+            _inflate(data, container.dataset_offset, body)
             transfer_syntax = INFLATED_SYNTAX[container.transfer_syntax]
             note = ("the source is compressed as a whole (deflated transfer syntax); the staged "
                     f"copy holds the same data uncompressed ({UID(transfer_syntax).name})")
         else:
-            handle.seek(container.dataset_offset)
-            _copy(handle, body)
-            body_size = size - container.dataset_offset
+            _copy_from(data, container.dataset_offset, body)
             transfer_syntax = container.transfer_syntax
             note = ("the source has no standard DICOM file header (128-byte preamble, 'DICM', "
                     "complete file meta); the staged copy has one, the data set is unchanged")
-        structure = walk_structure(body, body_size, replace(container, transfer_syntax=(
-            transfer_syntax)), 0)
-        header = standard_header(container, transfer_syntax, structure)
-        body.seek(0)
-        with open(os.open(work_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE),
-                  "wb") as writer:
-            writer.write(header)
-            _copy(body, writer)
+        body.flush()
+        with mapped(body) as body_data:
+            structure = walk_structure(body_data, replace(container, transfer_syntax=(
+                transfer_syntax)), 0)
+            header = standard_header(container, transfer_syntax, structure)
+            with open(os.open(work_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                              OWNER_ONLY_FILE), "wb") as writer:
+                writer.write(header)
+                _copy_from(body_data, 0, writer)
     return EngineInput(work_copy, len(header) + structure.image_offset, note)
 
 
@@ -574,19 +597,29 @@ def deidentify_file(engine: Context, source: Path, relative: str, target: Path) 
 
 def _deidentify(engine: Context, source: Path, relative: str, target: Path, handle: BinaryIO,
                 work_copy: Path) -> FileOutcome:
-    size = os.fstat(handle.fileno()).st_size
     named_dicom = source.suffix.lower() in DICOM_SUFFIXES
-    if size == 0:
-        if named_dicom:
-            raise Unstageable("is empty (0 bytes); " + RECOPY_ADVICE)
-        return FileOutcome(relative, "skipped", "not a DICOM file (empty)")
-    container = read_container(handle, size)
-    if container is None:
-        if named_dicom:
-            raise Unstageable("is named like a DICOM file but is not one (it may be a report, a "
-                              "text file or a damaged copy)")
-        return FileOutcome(relative, "skipped", "not a DICOM file")
-    engine_input = prepare_input(source, handle, size, container, work_copy)
+    with mapped(handle) as data:
+        if not data:
+            if named_dicom:
+                raise Unstageable("is empty (0 bytes); " + RECOPY_ADVICE)
+            return FileOutcome(relative, "skipped", "not a DICOM file (empty)")
+        container = read_container(data)
+        if container is None:
+            if named_dicom:
+                raise Unstageable("is named like a DICOM file but is not one (it may be a "
+                                  "report, a text file or a damaged copy)")
+            return FileOutcome(relative, "skipped", "not a DICOM file")
+        engine_input = prepare_input(source, data, container, work_copy)
+        if engine_input.path == source:
+            return _write_staged(engine, relative, target, engine_input, container, data)
+    with open(engine_input.path, "rb") as work_handle, mapped(work_handle) as work_data:
+        return _write_staged(engine, relative, target, engine_input, container, work_data)
+
+
+def _write_staged(engine: Context, relative: str, target: Path, engine_input: EngineInput,
+                  container: Container, data: Buffer) -> FileOutcome:
+    """Apply the profile to the header and write the staged file: the de-identified header,
+    then the engine input's bytes from the pixel data on, unchanged."""
     try:
         header = bytes(engine.read_until_pixels(str(engine_input.path)))
         deidentified_header = bytes(engine.deid_header(header))
@@ -609,15 +642,10 @@ def _deidentify(engine: Context, source: Path, relative: str, target: Path, hand
     file_name = f"{sop_instance_uid}.{modality}.dcm" if modality else f"{sop_instance_uid}.dcm"
     label = acquisition_folder_name(str(meta.get("acquisition.label") or ""))
     digest = hashlib.sha256(deidentified_header)
-    size = len(deidentified_header)
-    with open(engine_input.path, "rb") as reader, open(
-            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE), "wb") as writer:
+    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE),
+              "wb") as writer:
         writer.write(deidentified_header)
-        reader.seek(len(header))
-        while chunk := reader.read(COPY_CHUNK):
-            writer.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
+        size = len(deidentified_header) + _copy_from(data, len(header), writer, digest)
     return FileOutcome(relative, "staged", detail=engine_input.note,
                        staged=f"{label}/{file_name}", sop_instance_uid=sop_instance_uid,
                        acquisition_uid=str(meta.get("acquisition.uid") or ""),
@@ -669,6 +697,43 @@ def _replace_dir(work_dir: Path, staged_session_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# ---- running files in worker processes -------------------------------------------------------
+# The engine holds Python's global lock while it works, so threads would take turns: files are
+# shared out to worker processes instead, each with its own engine. A session of a few files is
+# done in the job's own process (starting workers would cost more than it saves).
+
+FILES_PER_WORKER_MINIMUM = 8
+_worker_engine: Context | None = None
+
+
+def map_in_workers(function: Callable[[T], R], items: list[T], workers: int,
+                   start: Callable[..., None], start_arguments: tuple[Any, ...]) -> Iterator[R]:
+    """``map(function, items)`` over up to ``workers`` processes (each set up once with
+    ``start(*start_arguments)``), in the items' order; in this process when one worker is
+    enough. Results come back as they are made, so memory does not grow with the session."""
+    workers = max(1, min(workers, len(items) // FILES_PER_WORKER_MINIMUM))
+    if workers == 1:
+        start(*start_arguments)
+        yield from map(function, items)
+        return
+    chunk = max(1, min(32, len(items) // (workers * 8)))
+    # fork: workers start at once and inherit the loaded modules.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=start, initargs=start_arguments) as pool:
+        yield from pool.map(function, items, chunksize=chunk)
+
+
+def _start_worker(profile_text: str) -> None:
+    global _worker_engine
+    _worker_engine = make_engine(profile_text)
+
+
+def _stage_in_worker(job: tuple[str, str, str]) -> FileOutcome:
+    source, relative, target = job
+    assert _worker_engine is not None
+    return deidentify_file(_worker_engine, Path(source), relative, Path(target))
+
+
 def stage_session(
     dicom_dir: str | Path,
     profile_path: str | Path,
@@ -680,7 +745,7 @@ def stage_session(
     dicom_dir = Path(dicom_dir)
     staged_session_dir = Path(staged_session_dir)
     profile_text = Path(profile_path).read_text(encoding="utf-8")
-    engine = make_engine(profile_text)
+    make_engine(profile_text)  # a profile the engine refuses stops here, before any worker
     sources, outcomes = list_source_files(dicom_dir)
     make_private_dir(staged_session_dir.parent)
     work_dir = staged_session_dir.with_name(f".{staged_session_dir.name}.staging-{os.getpid()}")
@@ -691,13 +756,10 @@ def stage_session(
         shutil.rmtree(stale, ignore_errors=True)
     make_private_dir(work_dir)
     try:
-        def stage_one(item: tuple[int, Path]) -> FileOutcome:
-            index, source = item
-            relative = source.relative_to(dicom_dir).as_posix()
-            return deidentify_file(engine, source, relative, work_dir / f".{index}.part")
-
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            file_outcomes = list(pool.map(stage_one, enumerate(sources)))
+        jobs = [(str(source), source.relative_to(dicom_dir).as_posix(),
+                 str(work_dir / f".{index}.part")) for index, source in enumerate(sources)]
+        file_outcomes = list(map_in_workers(_stage_in_worker, jobs, threads,
+                                            _start_worker, (profile_text,)))
         _place_files(work_dir, file_outcomes)
         _replace_dir(work_dir, staged_session_dir)
     except BaseException:
