@@ -266,6 +266,9 @@ def test_basic_profile_audit_and_changes_are_counted(tmp_path, profile_v1):
                for entry in report["changes"]}
     assert changes[("PatientName", "emptied")] == 2
     assert changes[("DeidentificationMethod", "added")] == 2
+    # Attributes staging left alone are not changes (their stored bytes are compared).
+    changed = {attribute for attribute, _action in changes}
+    assert not changed & {"SOPClassUID", "Modality", "Rows", "StudyDate", "SeriesDescription"}
     assert report["status"] == "pass"
 
 
@@ -291,3 +294,35 @@ def test_burned_in_flags_are_listed(tmp_path, profile_v1):
     report = run(tmp_path, profile_v1, plant=plant)
     assert [flag["severity"] for flag in report["burned_in"]] == ["fail", "fail"]
     assert {f["check"] for f in report["findings"]} == {"burned_in_annotation"}
+
+
+def test_worker_processes_give_the_same_report_as_one_process(tmp_path, profile_v1):
+    """Files shared out to worker processes: the report (findings in order, tallies, free
+    text, changes, PHI log) is the same as checking them one by one in the job's process."""
+    source = tmp_path / "source"
+
+    def plant_every_fifth(dataset: Dataset) -> None:
+        if dataset.InstanceNumber % 5 == 0:
+            plant_image_comments(dataset)
+            plant_private_tag(dataset)
+
+    build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 24),
+                                    SeriesSpec("CT_small.dcm", "CT", 16, plant=plant_every_fifth)]),
+                  source)
+    staged, manifest = tmp_path / "staged", tmp_path / "manifest.json"
+    stage_session(source, profile_v1, staged, manifest)
+    reports, phi_logs = {}, {}
+    for threads in (1, 3):
+        settings = {"phi_log": str(tmp_path / f"phi-{threads}")}
+        report = verify_session(source, staged, manifest, profile_v1, LABELS,
+                                tmp_path / f"report-{threads}.json", settings, threads=threads)
+        phi_logs[threads] = Path(report.pop("phi_log")).read_text()
+        reports[threads] = report
+    assert reports[1] == reports[3]
+    assert phi_logs[1] == phi_logs[3]
+    assert reports[3]["status"] == "fail"
+    assert len(findings_of(reports[3], "identifier_leak")) == 6  # 3 CT files x 2 planted
+    assert phi_logs[3].count("\tPatientID\t(0010,0020)\temptied\t") == 40
+    assert {entry["files"] for entry in reports[3]["changes"]
+            if entry["attribute"] == "PatientName"} == {40}
+    assert sum(creator["elements"] for creator in reports[3]["private_tags"]["creators"]) > 0

@@ -5,9 +5,10 @@ combinations) comes from the ``dicom-anonymizer`` package's transcription of Tab
 The audit is informational: a site profile keeps many of these on purpose.
 """
 
-from functools import cache
+from functools import cache, lru_cache
 
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -41,6 +42,7 @@ def basic_profile_actions() -> tuple[dict[int, str], list[tuple[int, int, int, i
     return actions, masked
 
 
+@lru_cache(maxsize=16384)
 def basic_profile_action(tag: int) -> str | None:
     """The Basic Profile's action for a tag, or None if the profile does not list it."""
     actions, masked = basic_profile_actions()
@@ -56,8 +58,11 @@ def basic_profile_action(tag: int) -> str | None:
 def populated_basic_profile_tags(dataset: Dataset) -> list[tuple[int, str]]:
     """(tag, action) of top-level Basic Profile attributes still holding a value."""
     populated = []
-    for element in dataset:
-        if element.is_empty or element.tag.is_private:
+    for stored in dataset.values():
+        if stored.tag.is_private:
+            continue
+        element = stored if isinstance(stored, DataElement) else dataset[stored.tag]
+        if element.is_empty:
             continue
         action = basic_profile_action(int(element.tag))
         if action:

@@ -55,7 +55,10 @@ class BurnedInScreen:
 
     def __post_init__(self) -> None:
         if self.use_filter_list:
-            from deid.config import DeidRecipe  # slow import (matplotlib); only when used
+            # Slow imports (matplotlib), only when used; done here rather than at the first
+            # image so that worker processes forked later inherit them.
+            import deid.dicom.pixels.detect  # noqa: F401
+            from deid.config import DeidRecipe
             from deid.logger import bot
 
             # deid prints its own messages, some with values: silence them all.

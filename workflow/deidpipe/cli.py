@@ -51,7 +51,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from deidpipe.verify import verify_session
 
     report = verify_session(args.dicom_dir, args.staged_dir, args.manifest, args.profile,
-                            _labels(args), args.report, settings=json.loads(args.settings))
+                            _labels(args), args.report, settings=json.loads(args.settings),
+                            threads=args.threads)
     print(f"verification {report['status']}: {len(report['findings'])} finding(s); "
           f"report {args.report}", file=sys.stderr)
     if report["phi_log"]:
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="de-identify one session into the staging folder")
     _add_required(stage, "dicom-dir", "profile", "staged-dir", "manifest")
-    stage.add_argument("--threads", type=int, default=1)
+    stage.add_argument("--threads", type=int, default=1,
+                       help="worker processes sharing the session's files")
     stage.set_defaults(func=cmd_stage)
 
     verify = commands.add_parser("verify", help="verify one staged session")
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                   *LABEL_OPTIONS)
     verify.add_argument("--settings", default="{}",
                         help="JSON: checks (severities), identifier_attributes, phi_log")
+    verify.add_argument("--threads", type=int, default=1,
+                        help="worker processes sharing the session's files")
     verify.set_defaults(func=cmd_verify)
 
     upload = commands.add_parser("upload", help="upload one verified session to Flywheel")

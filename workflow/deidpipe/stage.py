@@ -16,21 +16,19 @@ value: fw-file-rs's own messages can (a damaged transfer syntax swallows the ele
 
 import hashlib
 import mmap
-import multiprocessing
 import os
 import re
 import shutil
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn
 
 from fw_file_rs.dcm import Context
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
@@ -42,6 +40,7 @@ from deidpipe.files import (
     sha256_file,
     write_json,
 )
+from deidpipe.parallel import map_in_workers
 from deidpipe.profile import load_profile
 
 # Tags the engine must report for naming (parse_header returns only included tags plus its
@@ -127,8 +126,6 @@ MAX_META_VALUE = 1 << 16
 MAX_DEPTH = 64
 MAX_INFLATED = 4 << 30
 
-T = TypeVar("T")
-R = TypeVar("R")
 # A file's bytes: mapped into memory (mmap) or, for an empty file, b"".
 Buffer = bytes | mmap.mmap
 
@@ -697,30 +694,9 @@ def _replace_dir(work_dir: Path, staged_session_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-# ---- running files in worker processes -------------------------------------------------------
-# The engine holds Python's global lock while it works, so threads would take turns: files are
-# shared out to worker processes instead, each with its own engine. A session of a few files is
-# done in the job's own process (starting workers would cost more than it saves).
+# ---- the engine in worker processes (deidpipe.parallel) ----------------------------------
 
-FILES_PER_WORKER_MINIMUM = 8
 _worker_engine: Context | None = None
-
-
-def map_in_workers(function: Callable[[T], R], items: list[T], workers: int,
-                   start: Callable[..., None], start_arguments: tuple[Any, ...]) -> Iterator[R]:
-    """``map(function, items)`` over up to ``workers`` processes (each set up once with
-    ``start(*start_arguments)``), in the items' order; in this process when one worker is
-    enough. Results come back as they are made, so memory does not grow with the session."""
-    workers = max(1, min(workers, len(items) // FILES_PER_WORKER_MINIMUM))
-    if workers == 1:
-        start(*start_arguments)
-        yield from map(function, items)
-        return
-    chunk = max(1, min(32, len(items) // (workers * 8)))
-    # fork: workers start at once and inherit the loaded modules.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=start, initargs=start_arguments) as pool:
-        yield from pool.map(function, items, chunksize=chunk)
 
 
 def _start_worker(profile_text: str) -> None:

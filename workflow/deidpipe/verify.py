@@ -13,7 +13,7 @@ import hashlib
 import io
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
-from deidpipe.identifiers import IdentifierSet, Matcher, Needle, iter_elements
+from deidpipe.identifiers import IdentifierSet, Matcher, Needle, Nesting, iter_elements
+from deidpipe.parallel import map_in_workers
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
 
@@ -35,8 +36,11 @@ WITHHELD = "(withheld: holds an identifier)"
 SEVERITY_ORDER = {"pass": 0, "warn": 1, "fail": 2}
 SEVERITIES = ("fail", "warn", "off")
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+FIRST_IMAGE_DATA_TAG = 0x7FE00008
+MISSING = object()
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE_BYTES = 128
+COMPARE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -173,13 +177,18 @@ def element_text(element: DataElement) -> str:
     return str(value)
 
 
-def walk_elements(dataset: Dataset) -> Iterator[tuple[str, DataElement]]:
-    """Every non-sequence element with a tag path people can read, depth first, pixel data
-    skipped: 'RequestAttributesSequence (0040,0275) item 1 > ScheduledProcedureStep...'."""
+def walk_elements(dataset: Dataset) -> Iterator[tuple[Nesting, DataElement]]:
+    """Every non-sequence element, depth first, in tag order, pixel data skipped."""
     for nesting, element in iter_elements(dataset):
         if int(element.tag) not in PIXEL_TAGS:
-            yield " > ".join([*(f"{element_name(sequence)} item {number}"
-                                for sequence, number in nesting), element_name(element)]), element
+            yield nesting, element
+
+
+def tag_path(nesting: Nesting, element: DataElement) -> str:
+    """A tag path people can read: 'RequestAttributesSequence (0040,0275) item 1 >
+    ScheduledProcedureStepDescription (0040,0007)'."""
+    return " > ".join([*(f"{element_name(sequence)} item {number}"
+                         for sequence, number in nesting), element_name(element)])
 
 
 # What pydicom raises on damaged data (OSError: 'No tag to read at file position ...').
@@ -192,6 +201,9 @@ class StagedRead:
     dataset: Dataset | None  # every element readable (the header alone if the end is not)
     pixel_end: int | None  # byte offset just after the pixel data, when known
     problem: str  # '' when the whole file was read
+    pixel_start: int | None = None  # byte offset of the first image data element, if any
+    # Top-level element value bytes as stored, before conversion (to compare with the source's).
+    raw_values: dict[int, bytes | None] = field(default_factory=dict)
 
 
 def read_staged(data: bytes) -> StagedRead:
@@ -200,34 +212,61 @@ def read_staged(data: bytes) -> StagedRead:
     pixel_end = None
     try:
         dataset = dcmread(io.BytesIO(data))
-        pixel_end = _pixel_data_end(dataset)  # from the raw element, before conversion
+        # From the raw elements, before conversion.
+        pixel_end, pixel_start = _pixel_data_end(dataset), _image_data_start(dataset)
+        raw_values = _raw_values(dataset)
         for _element in dataset.iterall():  # pydicom converts values lazily: force it
             pass
-        return StagedRead(dataset, pixel_end, "")
+        return StagedRead(dataset, pixel_end, "", pixel_start, raw_values)
     except READ_ERRORS as error:
         problem = f"the file cannot be read to its end ({type(error).__name__})"
     try:
         header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        raw_values = _raw_values(header)
         for _element in header.iterall():
             pass
-        return StagedRead(header, pixel_end, problem)
+        return StagedRead(header, pixel_end, problem, raw_values=raw_values)
     except READ_ERRORS as error:
         return StagedRead(None, pixel_end,
                           f"the file cannot be read as DICOM ({type(error).__name__})")
 
 
-def _read_source(path: Path, stop_before_pixels: bool) -> Dataset | None:
+def _read_source(path: Path) -> Dataset | None:
+    """The whole source file (pixel data too), or None if it cannot be read."""
     try:
         # force: old exports without the 128-byte preamble and file header are staged too.
-        dataset = dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-        if "SOPInstanceUID" not in dataset:
-            return None
-        if stop_before_pixels:
-            for _element in dataset.iterall():  # convert now: a damaged element raises here
-                pass
-        return dataset
+        dataset = dcmread(path, force=True)
+        return dataset if "SOPInstanceUID" in dataset else None
     except READ_ERRORS:
         return None  # staging already listed this file as an error
+
+
+def _read_source_header(path: Path) -> tuple[Dataset | None, int]:
+    """The source's elements before the image data, and the byte offset where the image data
+    starts (the file's size if it has none). (None, 0) if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            dataset = dcmread(handle, stop_before_pixels=True, force=True)
+            return (dataset if "SOPInstanceUID" in dataset else None), handle.tell()
+    except READ_ERRORS:
+        return None, 0  # staging already listed this file as an error
+
+
+def _raw_values(dataset: Dataset) -> dict[int, bytes | None]:
+    """Top-level value bytes of the elements pydicom has not converted yet."""
+    return {int(raw.tag): raw.value for raw in dataset.values()
+            if isinstance(raw, RawDataElement)}
+
+
+def _image_data_start(dataset: Dataset) -> int | None:
+    """Byte offset of the first image data element (read raw, before conversion)."""
+    starts = []
+    for tag in PIXEL_TAGS:
+        raw = dataset.get_item(tag) if tag in dataset else None
+        if isinstance(raw, RawDataElement):
+            # Image data VRs (OB, OW, OF, OD) have a 12-byte head in explicit VR, 8 in implicit.
+            starts.append(raw.value_tell - (8 if raw.is_implicit_VR else 12))
+    return min(starts, default=None)
 
 
 # ---- file checks -----------------------------------------------------------------------------
@@ -287,17 +326,17 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[s
     """Leak scan of every element (file meta, sequences, private tags); tally private tags
     and free text on the way. Returns the source attributes found."""
     elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
-    texts = [element_text(element) for _path, element in elements]
-    numeric = {index for index, (_path, element) in enumerate(elements)
+    texts = [element_text(element) for _nesting, element in elements]
+    numeric = {index for index, (_nesting, element) in enumerate(elements)
                if element.VR in NUMERIC_VRS}
     found = context.matcher.find_in_texts(texts, numeric)
     attributes_found = set()
     for index, needles in sorted(found.items()):
-        path = elements[index][0]
+        path = tag_path(*elements[index])
         for needle in needles:
             attributes_found.add(needle.attribute)
             context.add(_leak_finding(needle, name, path))
-    for index, (_path, element) in enumerate(elements):
+    for index, (_nesting, element) in enumerate(elements):
         if element.tag.is_private and element.tag.element >= 0x1000:
             creator = (element.private_creator or "(no private creator)",
                        f"{element.tag.group:04X}")
@@ -350,11 +389,55 @@ def _pixel_data_end(dataset: Dataset | None) -> int | None:
     return raw.value_tell + raw.length
 
 
-def check_integrity(staged: Dataset, source: Dataset | None, name: str,
-                    context: SessionContext) -> None:
-    """Pixel data byte-identical to the source's; same number of frames."""
-    if source is None:
+@dataclass
+class SourceHeader:
+    """A source file's elements before its image data, and where its image data starts."""
+
+    path: Path
+    dataset: Dataset | None
+    image_start: int
+
+
+def check_integrity(staged: Dataset, staged_read: StagedRead, staged_data: bytes,
+                    source: SourceHeader, name: str, context: SessionContext) -> None:
+    """Pixel data byte-identical to the source's; same number of frames.
+
+    Staging copies everything from the image data on as it is, so the two files' bytes from
+    there to the end are compared first; only when they differ (a source stored deflated,
+    or a real difference) are both files' image data elements read and compared one by one.
+    """
+    if source.dataset is None:
         return
+    staged_start = (staged_read.pixel_start if staged_read.pixel_start is not None
+                    else len(staged_data))
+    if not _same_bytes_from(staged_data, staged_start, source.path, source.image_start):
+        whole_source = _read_source(source.path)
+        if whole_source is None:
+            context.add(Finding("integrity", name, "", "the pixel data could not be compared "
+                                "with the source's (the source cannot be read to its end)"))
+        else:
+            _compare_image_data(staged, whole_source, name, context)
+    if _frames(source.dataset) != _frames(staged):
+        context.add(Finding("integrity", name, "NumberOfFrames (0028,0008)",
+                            f"{_frames(staged)} frame(s) staged, the source has "
+                            f"{_frames(source.dataset)}"))
+
+
+def _same_bytes_from(staged_data: bytes, staged_start: int, source_path: Path,
+                     source_start: int) -> bool:
+    staged_tail = memoryview(staged_data)[staged_start:]
+    compared = 0
+    with open(source_path, "rb") as handle:
+        handle.seek(source_start)
+        while chunk := handle.read(COMPARE_CHUNK):
+            if staged_tail[compared:compared + len(chunk)] != chunk:
+                return False
+            compared += len(chunk)
+    return compared == len(staged_tail)
+
+
+def _compare_image_data(staged: Dataset, source: Dataset, name: str,
+                        context: SessionContext) -> None:
     for tag in PIXEL_TAGS:
         in_source, in_staged = tag in source, tag in staged
         if in_source != in_staged:
@@ -365,10 +448,6 @@ def check_integrity(staged: Dataset, source: Dataset | None, name: str,
             context.add(Finding("integrity", name, f"{describe_tag(tag)[0]} "
                                 f"{describe_tag(tag)[1]}",
                                 "pixel data differs from the source's"))
-    if _frames(source) != _frames(staged):
-        context.add(Finding("integrity", name, "NumberOfFrames (0028,0008)",
-                            f"{_frames(staged)} frame(s) staged, the source has "
-                            f"{_frames(source)}"))
 
 
 def _frames(dataset: Dataset) -> int:
@@ -378,31 +457,33 @@ def _frames(dataset: Dataset) -> int:
         return 1
 
 
-def tally_changes(staged: Dataset, source: Dataset | None, name: str,
+def tally_changes(staged: Dataset, staged_read: StagedRead, source: Dataset | None, name: str,
                   context: SessionContext) -> None:
-    """Count what staging did to each top-level attribute (values go to the PHI log only)."""
+    """Count what staging did to each top-level attribute before the image data (values go
+    to the PHI log only). Elements whose stored bytes are unchanged are not converted."""
     if source is None:
         return
-    for tag in sorted(set(source.keys()) | set(staged.keys())):
-        if int(tag) in PIXEL_TAGS:
-            continue
-        before = source.get_item(tag) if tag in source else None
-        after = staged.get_item(tag) if tag in staged else None
-        before_value = None if before is None else before.value
-        after_value = None if after is None else after.value
-        if before_value == after_value:
-            continue
-        if after is None:
-            action = "removed"
-        elif before is None:
-            action = "added" if after_value else "added (empty)"
-        elif not after_value:
-            action = "emptied"
+    source_raw = _raw_values(source)
+    staged_raw = staged_read.raw_values
+    source_tags = {int(tag) for tag in source.keys()}
+    staged_tags = {int(tag) for tag in staged.keys()}
+    for tag in sorted(source_tags | staged_tags):
+        if tag >= FIRST_IMAGE_DATA_TAG:
+            break  # the image data and what follows are compared as bytes (integrity)
+        if tag in source_tags and tag in staged_tags:
+            if tag in source_raw and source_raw[tag] == staged_raw.get(tag, MISSING):
+                continue
+            after_value = staged[tag].value
+            if source[tag].value == after_value:
+                continue
+            action = "replaced" if after_value else "emptied"
+        elif tag in staged_tags:
+            action = "added" if staged[tag].value else "added (empty)"
         else:
-            action = "replaced"
-        context.changes[(int(tag), action)] += 1
+            action = "removed"
+        context.changes[(tag, action)] += 1
         if context.phi_rows is not None:
-            keyword, tag_text = describe_tag(int(tag))
+            keyword, tag_text = describe_tag(tag)
             context.phi_rows.append([name, keyword, tag_text, action,
                                      _logged_value(source, tag), _logged_value(staged, tag)])
 
@@ -560,20 +641,21 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
     first_finding = len(context.findings)
     attributes_found: set[str] = set()
     if dataset is not None:
-        source = _read_source(context.dicom_dir / entry["source"], stop_before_pixels=False)
+        source_path = context.dicom_dir / entry["source"]
+        source = SourceHeader(source_path, *_read_source_header(source_path))
         try:
-            tally_changes(dataset, source, name, context)
-        except READ_ERRORS as error:  # damaged source elements (after the pixel data, say)
-            source = None
-            context.add(Finding("integrity", name, "", "the source file cannot be read to its "
-                                f"end ({type(error).__name__}); pixel data and attribute "
+            tally_changes(dataset, staged_read, source.dataset, name, context)
+        except READ_ERRORS as error:  # a damaged source element
+            source.dataset = None
+            context.add(Finding("integrity", name, "", "the source file's header cannot be "
+                                f"read ({type(error).__name__}); pixel data and attribute "
                                 "changes were not compared"))
         check_profile_actions(dataset, name, context)
         check_deidentification_method(dataset, name, context)
         attributes_found = scan_elements(dataset, name, context)
         if not problem:
             try:
-                check_integrity(dataset, source, name, context)
+                check_integrity(dataset, staged_read, data, source, name, context)
             except READ_ERRORS as error:
                 context.add(Finding("integrity", name, "", "the pixel data could not be "
                                     f"compared with the source's ({type(error).__name__})"))
@@ -585,6 +667,60 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
         finding.source_file = source_file
 
 
+# ---- files in worker processes (deidpipe.parallel) --------------------------------------------
+# Each file's checks tally into a fresh copy of these fields of the session's context; the
+# job's process adds them up in manifest order, so the report does not depend on the workers.
+TALLIES = ("findings", "private_creators", "private_creator_files", "free_text",
+           "free_text_withheld", "basic_profile", "changes", "burned_in_flags", "phi_rows")
+_worker_extra_keywords: tuple[str, ...] = ()
+_worker_context: SessionContext | None = None
+
+
+def _start_identifier_worker(extra_keywords: tuple[str, ...]) -> None:
+    global _worker_extra_keywords
+    _worker_extra_keywords = extra_keywords
+
+
+def _identifiers_of_source(path: str) -> IdentifierSet:
+    """The identifying values of one source file (kept in memory only, never written)."""
+    found = IdentifierSet(_worker_extra_keywords)
+    dataset, _image_start = _read_source_header(Path(path))
+    if dataset is not None:
+        try:
+            found.add_dataset(dataset)
+        except READ_ERRORS:
+            pass  # a damaged element: the values read before it are kept
+    return found
+
+
+def _start_verify_worker(context: SessionContext) -> None:
+    global _worker_context
+    _worker_context = context
+
+
+def _verify_in_worker(entry: dict[str, Any]) -> dict[str, Any]:
+    assert _worker_context is not None
+    fresh = {spec.name: spec.default_factory() for spec in fields(SessionContext)  # type: ignore[misc]
+             if spec.name in TALLIES and spec.name != "phi_rows"}
+    file_context = replace(_worker_context, **fresh,
+                           phi_rows=None if _worker_context.phi_rows is None else [])
+    verify_file(entry, file_context)
+    return {name: getattr(file_context, name) for name in TALLIES}
+
+
+def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
+    context.findings.extend(tallies["findings"])
+    context.burned_in_flags.extend(tallies["burned_in_flags"])
+    if context.phi_rows is not None:
+        context.phi_rows.extend(tallies["phi_rows"])
+    for name in ("private_creators", "basic_profile", "changes"):
+        getattr(context, name).update(tallies[name])
+    for name in ("private_creator_files", "free_text"):
+        for key, files in tallies[name].items():
+            getattr(context, name)[key] |= files
+    context.free_text_withheld |= tallies["free_text_withheld"]
+
+
 def verify_session(
     dicom_dir: str | Path,
     staged_session_dir: str | Path,
@@ -593,8 +729,10 @@ def verify_session(
     labels: dict[str, str],
     report_path: str | Path,
     settings: dict[str, Any] | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Run every check on one staged session and write its report; return the report.
+    ``threads``: worker processes for the file checks (the report is the same for any number).
 
     ``settings``: ``checks`` (check -> fail/warn/off), ``identifier_attributes`` (extra
     keywords whose values are identifiers), ``phi_log`` (folder for the before/after value log;
@@ -607,10 +745,11 @@ def verify_session(
         manifest=read_json(manifest_path), profile=load_profile(profile_path), labels=labels,
         severities=severities,
         identifiers=IdentifierSet(tuple(settings.get("identifier_attributes", ()))))
-    for entry in context.manifest["files"]:
-        source = _read_source(context.dicom_dir / entry["source"], stop_before_pixels=True)
-        if source is not None:
-            context.identifiers.add_dataset(source)
+    source_paths = [str(context.dicom_dir / entry["source"]) for entry in
+                    context.manifest["files"]]
+    for found in map_in_workers(_identifiers_of_source, source_paths, threads,
+                                _start_identifier_worker, (context.identifiers.extra_keywords,)):
+        context.identifiers.merge(found)
     context.matcher = context.identifiers.matcher()
     if severities["burned_in_annotation"] != "off" or severities["burned_in_risk"] != "off":
         context.burned_in = BurnedInScreen(use_filter_list=severities["burned_in_risk"] != "off")
@@ -620,8 +759,9 @@ def verify_session(
     check_inventory(context)
     check_labels(context)
     check_staged_names(context)
-    for entry in context.manifest["files"]:
-        verify_file(entry, context)
+    for tallies in map_in_workers(_verify_in_worker, context.manifest["files"], threads,
+                                  _start_verify_worker, (context,)):
+        _merge_tallies(context, tallies)
     private_tags = report_private_tags(context)
     status = max((finding.severity for finding in context.findings),
                  key=SEVERITY_ORDER.__getitem__, default="pass")
