@@ -46,11 +46,16 @@ def _article(json_type: object) -> str:
     return names.get(str(json_type), str(json_type))
 
 
+@cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    # Built once: a 10,000-row sheet validates each row against the same schema.
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
 def schema_problems(instance: dict[str, Any], name: str) -> list[tuple[str, str]]:
     """Validate ``instance`` against a schema; return (field, problem) pairs, sorted."""
-    validator = jsonschema.Draft202012Validator(load_schema(name))
     problems = []
-    for error in validator.iter_errors(instance):
+    for error in _validator(name).iter_errors(instance):
         if error.validator == "required":
             field = error.message.split("'")[1]
             problems.append((field, "is missing"))
