@@ -16,7 +16,7 @@ rule stage:
         dicom_dir=dicom_dir_of,
         staged=f"{STAGING}/{SESSION_PATH}",
         python=PYTHON,
-    threads: 2
+    threads: 4
     resources:
         mem_mb=1000,
         runtime=60,

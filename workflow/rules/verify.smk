@@ -19,6 +19,7 @@ rule verify:
         python=PYTHON,
         # A function, so that Snakemake leaves the JSON's braces alone.
         settings=lambda wildcards: VERIFY_SETTINGS,
+    threads: 4
     resources:
         mem_mb=1000,
         runtime=60,
@@ -29,5 +30,5 @@ rule verify:
             " --profile {input.profile:q} --report {output.report:q}"
             " --group {wildcards.group:q} --project {wildcards.project:q}"
             " --subject {wildcards.subject:q} --session {wildcards.session:q}"
-            " --settings {params.settings:q}"
+            " --settings {params.settings:q} --threads {threads}"
         )

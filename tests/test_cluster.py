@@ -1,0 +1,85 @@
+"""Cluster execution: the demo through Snakemake's cluster-generic executor, each staging and
+verification job a separate process started by a fake submit command (tests/fake_cluster/submit)
+from another folder with a bare environment, as sbatch or bsub would. The staged bytes, the
+verification reports and the summary must be those of a local run, and uploads must stay on the
+submit host."""
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+from conftest import FAKE_FW, REPO, fw_calls, identifiers_in_run_outputs, run_snakemake, tree_digest
+
+SUBMIT = REPO / "tests" / "fake_cluster" / "submit"
+# What the rules declare for each cluster job (workflow/rules/stage.smk, verify.smk).
+DECLARED = {"threads": 4, "mem_mb": 1000, "runtime": 60}
+
+
+def cluster_args() -> list[str]:
+    submit = (f"{shlex.quote(str(SUBMIT))} {{rule}} {{threads}} {{resources.mem_mb}} "
+              f"{{resources.runtime}}")
+    return [
+        # run_snakemake passes --cores 2; Snakemake caps threads at --cores even for cluster
+        # jobs, so the later --cores 4 lets the jobs ask for what the rules declare.
+        "--cores", "4",
+        "--executor", "cluster-generic", "--cluster-generic-submit-cmd", submit,
+        "--jobs", "6", "--seconds-between-status-checks", "1",
+        # As the cluster profiles do: a rule that declares nothing still has values to submit
+        # with (different from the rules' own, so the test tells them apart).
+        "--default-resources", "mem_mb=100", "runtime=5"]
+
+
+def outputs(project: Path) -> dict:
+    """What must not depend on where a job ran."""
+    results = project / "results"
+    return {
+        "staging": tree_digest(project / "staging"),
+        "reports": {path.relative_to(results).as_posix(): json.loads(path.read_text())
+                    for path in sorted((results / "verify").rglob("*.json"))},
+        "summary": (results / "summary.tsv").read_text(),
+    }
+
+
+def calls_by_subject(log: Path) -> list[dict]:
+    return sorted(fw_calls(log), key=lambda call: call["subject"])
+
+
+def test_cluster_jobs_give_the_local_run_and_uploads_stay_on_the_submit_host(project, tmp_path):
+    upload = ["--config", "upload=true", f"fw={FAKE_FW}"]
+    local_fw, cluster_fw = tmp_path / "fw-local.jsonl", tmp_path / "fw-cluster.jsonl"
+    local = run_snakemake(project, *upload, env={"FAKE_FW_LOG": str(local_fw)})
+    assert local.returncode == 0, local.stderr
+    expected = outputs(project)
+    # Start again from nothing: the local run's outputs, ledger and records go elsewhere.
+    for name in ("staging", "results", "upload-ledger.jsonl"):
+        shutil.move(project / name, tmp_path / f"local-{name}")
+    shutil.rmtree(project / ".snakemake")
+
+    jobs_dir = project / ".snakemake" / "fake-cluster"  # like .snakemake/slurm_logs
+    cluster = run_snakemake(project, *cluster_args(), *upload, timeout=180,
+                            env={"FAKE_FW_LOG": str(cluster_fw),
+                                 "FAKE_CLUSTER_DIR": str(jobs_dir)})
+    # Only staging and verification were submitted, one job per session each, with the
+    # resources the rules declare; the profile and the uploads ran on the submit host.
+    log = jobs_dir / "jobs.jsonl"
+    submitted = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert sorted(job["rule"] for job in submitted) == ["stage"] * 3 + ["verify"] * 3, (
+        submitted, cluster.stderr[-5000:])
+    assert cluster.returncode == 0, cluster.stderr
+    assert all({key: job[key] for key in DECLARED} == DECLARED for job in submitted)
+    assert len({job["job_id"] for job in submitted}) == 6
+    assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in cluster.stderr
+    assert "2 uploaded" in cluster.stderr
+
+    # Same bytes, reports, summary and uploads as the local run.
+    actual = outputs(project)
+    assert actual["staging"] == expected["staging"]
+    assert actual["reports"] == expected["reports"]
+    assert actual["summary"] == expected["summary"]
+    assert len(actual["staging"]) > 10 and len(actual["reports"]) == 3
+    assert sorted(call["subject"] for call in fw_calls(cluster_fw)) == ["sub-001", "sub-002"]
+    assert calls_by_subject(cluster_fw) == calls_by_subject(local_fw)
+    # The jobs' own output (a cluster's job logs) holds no identifiers either.
+    assert len(list(jobs_dir.glob("*.out"))) == 6
+    assert identifiers_in_run_outputs(project) == []
