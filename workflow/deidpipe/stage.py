@@ -25,14 +25,13 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO, NoReturn
 
 from fw_file_rs.dcm import Context
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from deidpipe.files import (
     OWNER_ONLY_FILE,
@@ -148,12 +147,35 @@ class Container:
     guessed: bool = False  # no file meta: the encoding was found from the first element
 
 
+# pydicom (its data dictionary and UID table) is imported when first needed: importing it takes
+# about a fifth of a second, a fixed cost of every stage job, and files in explicit VR with a
+# native transfer syntax (most scanner output) never need it.
+@cache
+def _pydicom_datadict() -> ModuleType:
+    from pydicom import datadict
+
+    return datadict
+
+
+@cache
+def _pydicom_uid() -> ModuleType:
+    from pydicom import uid
+
+    return uid
+
+
+def _transfer_syntax_name(transfer_syntax: str) -> str:
+    """The standard's name of a transfer syntax ('' if it is not a standard one)."""
+    uid = _pydicom_uid().UID(transfer_syntax)
+    return str(uid.name) if uid.is_transfer_syntax else ""
+
+
 def _element_name(tag: int | None) -> str:
     """' PatientName (0010,0010)' for a tag of the DICOM dictionary, else ''. In a damaged file
     the 'tag' may be four bytes of a value (part of a name, say): those are never shown."""
-    if tag is None or not dictionary_has_tag(tag):
+    if tag is None or not _pydicom_datadict().dictionary_has_tag(tag):
         return ""
-    return f" {keyword_for_tag(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    return f" {_pydicom_datadict().keyword_for_tag(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @lru_cache(maxsize=8192)
@@ -161,7 +183,7 @@ def _dictionary_vr(tag: int) -> str:
     """The VR the DICOM dictionary gives a tag ('' if unknown): readers use it where the file
     does not say (implicit VR) or says UN."""
     try:
-        return dictionary_VR(tag)
+        return _pydicom_datadict().dictionary_VR(tag)
     except KeyError:
         return ""
 
@@ -230,7 +252,8 @@ def read_container(data: Buffer) -> Container | None:
         if not UID_PATTERN.match(transfer_syntax):
             raise Unstageable("its DICOM file header names no valid encoding (transfer syntax); "
                               "the file is damaged; " + RECOPY_ADVICE)
-        if transfer_syntax not in INFLATED_SYNTAX and not UID(transfer_syntax).is_transfer_syntax:
+        if (transfer_syntax not in NATIVE_SYNTAXES and transfer_syntax not in INFLATED_SYNTAX
+                and not _transfer_syntax_name(transfer_syntax)):
             raise Unstageable("its DICOM file header names an encoding (transfer syntax) that is "
                               "not a standard DICOM one; Flywheel's de-identification engine "
                               "cannot read it")
@@ -456,7 +479,7 @@ def standard_header(container: Container, transfer_syntax: str, structure: Struc
     if UID_PATTERN.match(structure.sop_instance_uid):
         meta.setdefault(0x00020003, (b"UI", structure.sop_instance_uid.encode()))
     meta[0x00020010] = (b"UI", transfer_syntax.encode())
-    meta.setdefault(0x00020012, (b"UI", PYDICOM_IMPLEMENTATION_UID.encode()))
+    meta.setdefault(0x00020012, (b"UI", _pydicom_uid().PYDICOM_IMPLEMENTATION_UID.encode()))
     body = b"".join(_meta_element(tag, vr, value) for tag, (vr, value) in sorted(meta.items()))
     return PREAMBLE + _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
 
@@ -527,7 +550,8 @@ def prepare_input(source: Path, data: Buffer, container: Container,
             _inflate(data, container.dataset_offset, body)
             transfer_syntax = INFLATED_SYNTAX[container.transfer_syntax]
             note = ("the source is compressed as a whole (deflated transfer syntax); the staged "
-                    f"copy holds the same data uncompressed ({UID(transfer_syntax).name})")
+                    f"copy holds the same data uncompressed "
+                    f"({_transfer_syntax_name(transfer_syntax)})")
         else:
             _copy_from(data, container.dataset_offset, body)
             transfer_syntax = container.transfer_syntax
@@ -550,7 +574,7 @@ def _engine_failure(error: BaseException, transfer_syntax: str) -> str:
     damaged transfer syntax element, say, swallows the elements after it)."""
     text = str(error)
     if "Unsupported transfer syntax" in text:
-        name = UID(transfer_syntax).name if UID(transfer_syntax).is_transfer_syntax else ""
+        name = _transfer_syntax_name(transfer_syntax)
         which = f" ({name})" if name else " (an unknown one)"
         return (f"uses an encoding (transfer syntax){which} that Flywheel's de-identification "
                 "engine cannot read")
