@@ -11,7 +11,7 @@ attribute changes staging made.
 import csv
 import hashlib
 import io
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -136,10 +136,10 @@ class SessionContext:
     burned_in: BurnedInScreen | None = None
     findings: list[Finding] = field(default_factory=list)
     private_creators: Counter[tuple[str, str]] = field(default_factory=Counter)
-    private_creator_files: defaultdict[tuple[str, str], set[str]] = field(
-        default_factory=lambda: defaultdict(set))
-    free_text: defaultdict[tuple[str, str, str], set[str]] = field(
-        default_factory=lambda: defaultdict(set))
+    # Files holding each private creator's elements, and each free-text value: counts, so that
+    # memory does not grow with the session (each file's checks count a file once).
+    private_creator_files: Counter[tuple[str, str]] = field(default_factory=Counter)
+    free_text: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     free_text_withheld: set[tuple[str, str]] = field(default_factory=set)
     basic_profile: Counter[tuple[int, str]] = field(default_factory=Counter)
     changes: Counter[tuple[int, str]] = field(default_factory=Counter)
@@ -336,12 +336,14 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[s
         for needle in needles:
             attributes_found.add(needle.attribute)
             context.add(_leak_finding(needle, name, path))
+    creators_in_file: set[tuple[str, str]] = set()
+    free_text_in_file: set[tuple[str, str, str]] = set()
     for index, (_nesting, element) in enumerate(elements):
         if element.tag.is_private and element.tag.element >= 0x1000:
             creator = (element.private_creator or "(no private creator)",
                        f"{element.tag.group:04X}")
             context.private_creators[creator] += 1
-            context.private_creator_files[creator].add(name)
+            creators_in_file.add(creator)
         if texts[index].strip() and (element.keyword in FREE_TEXT_KEYWORDS
                                      or element.VR in FREE_TEXT_VRS):
             attribute = element.keyword or element_name(element)
@@ -350,7 +352,9 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[s
             if index in found:
                 context.free_text_withheld.add((attribute, value))
             else:
-                context.free_text[(attribute, tag, value)].add(name)
+                free_text_in_file.add((attribute, tag, value))
+    context.private_creator_files.update(creators_in_file)
+    context.free_text.update(free_text_in_file)
     return attributes_found
 
 
@@ -590,7 +594,7 @@ def check_staged_names(context: SessionContext) -> None:
 def report_private_tags(context: SessionContext) -> dict[str, Any]:
     """Private creators and how many private elements remain; a finding unless kept."""
     creators = [{"creator": creator, "group": group, "elements": count,
-                 "files": len(context.private_creator_files[(creator, group)])}
+                 "files": context.private_creator_files[(creator, group)]}
                 for (creator, group), count in sorted(context.private_creators.items())]
     total = sum(context.private_creators.values())
     if total:
@@ -713,11 +717,9 @@ def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
     context.burned_in_flags.extend(tallies["burned_in_flags"])
     if context.phi_rows is not None:
         context.phi_rows.extend(tallies["phi_rows"])
-    for name in ("private_creators", "basic_profile", "changes"):
+    for name in ("private_creators", "private_creator_files", "free_text", "basic_profile",
+                 "changes"):
         getattr(context, name).update(tallies[name])
-    for name in ("private_creator_files", "free_text"):
-        for key, files in tallies[name].items():
-            getattr(context, name)[key] |= files
     context.free_text_withheld |= tallies["free_text_withheld"]
 
 
@@ -795,9 +797,8 @@ def verify_session(
         "findings": [finding.as_dict() for finding in context.findings],
         "private_tags": private_tags,
         "burned_in": context.burned_in_flags,
-        "free_text": [{"attribute": attribute, "tag": tag, "value": value,
-                       "files": len(names)}
-                      for (attribute, tag, value), names in sorted(context.free_text.items())],
+        "free_text": [{"attribute": attribute, "tag": tag, "value": value, "files": files}
+                      for (attribute, tag, value), files in sorted(context.free_text.items())],
         "free_text_withheld": len(context.free_text_withheld),
         "basic_profile_audit": [
             {"attribute": describe_tag(tag)[0], "tag": describe_tag(tag)[1], "action": action,
