@@ -326,3 +326,27 @@ def test_worker_processes_give_the_same_report_as_one_process(tmp_path, profile_
     assert {entry["files"] for entry in reports[3]["changes"]
             if entry["attribute"] == "PatientName"} == {40}
     assert sum(creator["elements"] for creator in reports[3]["private_tags"]["creators"]) > 0
+
+
+def test_verify_command_finds_the_source_and_staged_folders_from_the_manifest(tmp_path,
+                                                                             profile_v1):
+    """The rule gives the verify command only the manifest: it names the source folder, and
+    the staged folder lies beside it. A manifest without the source folder is a clear error."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "source"
+    build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 2)]), source)
+    manifest = tmp_path / "staging" / "ses-01.manifest.json"
+    stage_session(source, profile_v1, tmp_path / "staging" / "ses-01", manifest)
+    command = [sys.executable, "-m", "deidpipe", "verify", "--manifest", str(manifest),
+               "--profile", str(profile_v1), "--report", str(tmp_path / "report.json"),
+               *(f"--{key}={value}" for key, value in LABELS.items())]
+    subprocess.run(command, check=True, capture_output=True)
+    assert read_json(tmp_path / "report.json")["status"] == "pass"
+    written = read_json(manifest)
+    del written["source_dir"]
+    manifest.write_text(json.dumps(written))
+    failed = subprocess.run(command, capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "does not name its source folder" in failed.stderr

@@ -38,9 +38,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from deidpipe.stage import stage_session
+    from deidpipe.stage import stage_session, staged_dir_beside
 
-    manifest = stage_session(args.dicom_dir, args.profile, args.staged_dir, args.manifest,
+    staged_dir = args.staged_dir or staged_dir_beside(args.manifest)
+    manifest = stage_session(args.dicom_dir, args.profile, staged_dir, args.manifest,
                              threads=args.threads)
     counts = manifest["counts"]
     print(f"staged {counts['staged']} file(s), skipped {counts['skipped']}, "
@@ -48,9 +49,17 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
+    from deidpipe.files import read_json
+    from deidpipe.stage import staged_dir_beside
     from deidpipe.verify import verify_session
 
-    report = verify_session(args.dicom_dir, args.staged_dir, args.manifest, args.profile,
+    dicom_dir = args.dicom_dir or read_json(args.manifest).get("source_dir")
+    if not dicom_dir:
+        raise PipelineError(f"the manifest {args.manifest} does not name its source folder "
+                            "(written by an older version): give --dicom-dir, or stage the "
+                            "session again")
+    staged_dir = args.staged_dir or staged_dir_beside(args.manifest)
+    report = verify_session(dicom_dir, staged_dir, args.manifest, args.profile,
                             _labels(args), args.report, settings=json.loads(args.settings),
                             threads=args.threads)
     print(f"verification {report['status']}: {len(report['findings'])} finding(s); "
@@ -105,14 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(func=cmd_profile)
 
     stage = commands.add_parser("stage", help="de-identify one session into the staging folder")
-    _add_required(stage, "dicom-dir", "profile", "staged-dir", "manifest")
+    _add_required(stage, "dicom-dir", "profile", "manifest")
+    stage.add_argument("--staged-dir", help="default: beside the manifest, named after it")
     stage.add_argument("--threads", type=int, default=1,
                        help="worker processes sharing the session's files")
     stage.set_defaults(func=cmd_stage)
 
     verify = commands.add_parser("verify", help="verify one staged session")
-    _add_required(verify, "dicom-dir", "staged-dir", "manifest", "profile", "report",
-                  *LABEL_OPTIONS)
+    _add_required(verify, "manifest", "profile", "report", *LABEL_OPTIONS)
+    verify.add_argument("--dicom-dir", help="default: the source folder the manifest names")
+    verify.add_argument("--staged-dir", help="default: beside the manifest, named after it")
     verify.add_argument("--settings", default="{}",
                         help="JSON: checks (severities), identifier_attributes, phi_log")
     verify.add_argument("--threads", type=int, default=1,

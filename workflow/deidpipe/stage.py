@@ -734,6 +734,18 @@ def _stage_in_worker(job: tuple[str, str, str]) -> FileOutcome:
     return deidentify_file(_worker_engine, Path(source), relative, Path(target))
 
 
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def staged_dir_beside(manifest_path: str | Path) -> Path:
+    """The staged folder a manifest stands for: the manifest lies beside it, named after it
+    (``.../sub-01/ses-01.manifest.json`` for ``.../sub-01/ses-01``)."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.name.endswith(MANIFEST_SUFFIX):
+        raise ValueError(f"a manifest's name ends with {MANIFEST_SUFFIX}: {manifest_path}")
+    return manifest_path.with_name(manifest_path.name.removesuffix(MANIFEST_SUFFIX))
+
+
 def stage_session(
     dicom_dir: str | Path,
     profile_path: str | Path,
@@ -767,6 +779,7 @@ def stage_session(
         raise
     outcomes = sorted(outcomes + file_outcomes, key=lambda outcome: outcome.source)
     manifest = {
+        "source_dir": str(dicom_dir),
         "profile": {"file": Path(profile_path).name, "sha256": sha256_file(profile_path),
                     "version": load_profile(profile_path).version},
         "engine": engine_version(),

@@ -2,6 +2,7 @@
 # Input functions below are dictionary look-ups; nothing here reads DICOM files.
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -55,7 +56,6 @@ SESSION_PATH = "{group}/{project}/{subject}/{session}"
 # folder named after the patient, a SeriesDescription): it stays in staging, beside the session
 # folder, not in results.
 MANIFEST = f"{STAGING}/{SESSION_PATH}.manifest.json"
-PYTHON = sys.executable  # the interpreter that has deidpipe installed
 VERIFY_SETTINGS = json.dumps({key: config[key]
                               for key in ("checks", "identifier_attributes", "phi_log")},
                              sort_keys=True)
@@ -98,6 +98,15 @@ def finish_run(succeeded):
     print("\n" + "\n".join(lines), file=sys.stderr)
 
 
-# Shell prefix of every rule: a job's messages go to its log, and to the console if it fails.
-def run_logged(command):
+def literal(text):
+    """Text that Snakemake's formatting of a shell command leaves as it is (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# The shell command of every rule: deidpipe's command line run by the interpreter that has it
+# installed; the job's messages go to its log, and to the console if it fails. Fixed values are
+# written into the command rather than passed as params: Snakemake formats each param of each
+# job while planning, which adds up over 10,000 sessions.
+def deidpipe_command(arguments):
+    command = literal(shlex.quote(sys.executable)) + " -m deidpipe " + arguments
     return f"({command}) 2> {{log:q}} || {{{{ cat {{log:q}} >&2; exit 1; }}}}"

@@ -8,7 +8,6 @@ rule profile:
         f"{RESULTS}/logs/profile/{PROFILE}.log",
     params:
         profile_dir=PROFILE_DIR,
-        python=PYTHON,
     localrule: True
     shell:
-        run_logged('"{params.python}" -m deidpipe profile {params.profile_dir:q} {output:q}')
+        deidpipe_command("profile {params.profile_dir:q} {output:q}")

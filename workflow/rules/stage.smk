@@ -14,15 +14,12 @@ rule stage:
         f"{RESULTS}/logs/stage/{SESSION_PATH}.log",
     params:
         dicom_dir=dicom_dir_of,
-        staged=f"{STAGING}/{SESSION_PATH}",
-        python=PYTHON,
     threads: 4
     resources:
         mem_mb=1000,
         runtime=60,
     shell:
-        run_logged(
-            '"{params.python}" -m deidpipe stage --dicom-dir {params.dicom_dir:q}'
-            " --profile {input.profile:q} --staged-dir {params.staged:q}"
+        deidpipe_command(
+            "stage --dicom-dir {params.dicom_dir:q} --profile {input.profile:q}"
             " --manifest {output.manifest:q} --threads {threads}"
         )

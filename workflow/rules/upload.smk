@@ -13,7 +13,6 @@ rule upload:
     log:
         f"{RESULTS}/logs/upload/{SESSION_PATH}.log",
     params:
-        python=PYTHON,
         staged=f"{STAGING}/{SESSION_PATH}",
         fw=config["fw"],
         # Functions, so that Snakemake leaves the template's {placeholders} alone.
@@ -29,8 +28,8 @@ rule upload:
         flywheel_uploads=1,
     localrule: True
     shell:
-        run_logged(
-            '"{params.python}" -m deidpipe upload --report {input.report:q}'
+        deidpipe_command(
+            "upload --report {input.report:q}"
             " --manifest {input.manifest:q} --staged-dir {params.staged:q}"
             " --record {output.record:q} --cli-log {params.cli_log:q} --fw {params.fw:q}"
             " --command {params.command:q} --env {params.env:q} --timeout {params.timeout}"

@@ -13,22 +13,16 @@ rule verify:
         ),
     log:
         f"{RESULTS}/logs/verify/{SESSION_PATH}.log",
-    params:
-        dicom_dir=dicom_dir_of,
-        staged=f"{STAGING}/{SESSION_PATH}",
-        python=PYTHON,
-        # A function, so that Snakemake leaves the JSON's braces alone.
-        settings=lambda wildcards: VERIFY_SETTINGS,
     threads: 4
     resources:
         mem_mb=1000,
         runtime=60,
+    # The source folder and the staged folder are read from the manifest.
     shell:
-        run_logged(
-            '"{params.python}" -m deidpipe verify --dicom-dir {params.dicom_dir:q}'
-            " --staged-dir {params.staged:q} --manifest {input.manifest:q}"
-            " --profile {input.profile:q} --report {output.report:q}"
-            " --group {wildcards.group:q} --project {wildcards.project:q}"
-            " --subject {wildcards.subject:q} --session {wildcards.session:q}"
-            " --settings {params.settings:q} --threads {threads}"
+        deidpipe_command(
+            "verify --manifest {input.manifest:q} --profile {input.profile:q}"
+            " --report {output.report:q} --group {wildcards.group:q}"
+            " --project {wildcards.project:q} --subject {wildcards.subject:q}"
+            " --session {wildcards.session:q} --threads {threads} --settings "
+            + literal(shlex.quote(VERIFY_SETTINGS))
         )
