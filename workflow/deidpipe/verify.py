@@ -213,7 +213,7 @@ def read_staged(data: bytes) -> StagedRead:
     try:
         dataset = dcmread(io.BytesIO(data))
         # From the raw elements, before conversion.
-        pixel_end, pixel_start = _pixel_data_end(dataset), _image_data_start(dataset)
+        pixel_start, pixel_end = _image_data_span(dataset)
         raw_values = _raw_values(dataset)
         for _element in dataset.iterall():  # pydicom converts values lazily: force it
             pass
@@ -257,19 +257,6 @@ def _raw_values(dataset: Dataset) -> dict[int, bytes | None]:
     return {int(raw.tag): raw.value for raw in dataset.values()
             if isinstance(raw, RawDataElement)}
 
-
-def _image_data_start(dataset: Dataset) -> int | None:
-    """Byte offset of the first image data element (read raw, before conversion)."""
-    starts = []
-    for tag in PIXEL_TAGS:
-        raw = dataset.get_item(tag) if tag in dataset else None
-        if isinstance(raw, RawDataElement):
-            # Image data VRs (OB, OW, OF, OD) have a 12-byte head in explicit VR, 8 in implicit.
-            starts.append(raw.value_tell - (8 if raw.is_implicit_VR else 12))
-    return min(starts, default=None)
-
-
-# ---- file checks -----------------------------------------------------------------------------
 
 def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) -> None:
     """Every profile action holds: replaced values equal their replacement, removed are absent."""
@@ -382,15 +369,22 @@ def scan_raw_bytes(data: bytes, pixel_end: int | None, name: str,
         context.add(_leak_finding(needle, name, where))
 
 
-def _pixel_data_end(dataset: Dataset | None) -> int | None:
-    if dataset is None or 0x7FE00010 not in dataset:
-        return None
-    raw = dataset.get_item(0x7FE00010)
-    if not isinstance(raw, RawDataElement) or raw.value is None:
-        return None
-    if raw.length == UNDEFINED_LENGTH:  # encapsulated: items, then an 8-byte delimiter
-        return raw.value_tell + len(raw.value) + 8
-    return raw.value_tell + raw.length
+def _image_data_span(dataset: Dataset) -> tuple[int | None, int | None]:
+    """(byte offset of the first image data element, byte offset just after the pixel data),
+    each None when unknown; read from the raw elements, before conversion."""
+    starts = []
+    for tag in PIXEL_TAGS:
+        raw = dataset.get_item(tag) if tag in dataset else None
+        if isinstance(raw, RawDataElement):
+            # Image data VRs (OB, OW, OF, OD) have a 12-byte head in explicit VR, 8 in implicit.
+            starts.append(raw.value_tell - (8 if raw.is_implicit_VR else 12))
+    pixel_data = dataset.get_item(0x7FE00010) if 0x7FE00010 in dataset else None
+    end = None
+    if isinstance(pixel_data, RawDataElement) and pixel_data.value is not None:
+        end = pixel_data.value_tell + (  # encapsulated: items, then an 8-byte delimiter
+            len(pixel_data.value) + 8 if pixel_data.length == UNDEFINED_LENGTH
+            else pixel_data.length)
+    return min(starts, default=None), end
 
 
 @dataclass
