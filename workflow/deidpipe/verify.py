@@ -34,7 +34,6 @@ from deidpipe.stage import list_source_files
 
 WITHHELD = "(withheld: holds an identifier)"
 SEVERITY_ORDER = {"pass": 0, "warn": 1, "fail": 2}
-SEVERITIES = ("fail", "warn", "off")
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 FIRST_IMAGE_DATA_TAG = 0x7FE00008
 MISSING = object()
@@ -45,29 +44,47 @@ COMPARE_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Check:
+    """One verification check, declared once: the config schema, the README's table and the
+    report page's Checks section follow this registry (tests/test_check_registry.py)."""
+
     default: str
     description: str
-    configurable: bool = True
+    # Severities the config may give it; 'keep' (private tags only) is reported, never a finding.
+    allowed: tuple[str, ...] = ("fail", "warn", "off")
+
+    @property
+    def configurable(self) -> bool:
+        return len(self.allowed) > 1
 
 
 CHECKS: dict[str, Check] = {
     "inventory": Check("fail", "every source file is staged or listed as skipped; every staged "
-                       "file is listed and unaltered", configurable=False),
+                       "file is listed and unaltered", allowed=("fail",)),
     "integrity": Check("fail", "staged files parse; pixel data and frame count equal the "
                        "source's"),
     "profile_actions": Check("fail", "every action of the profile holds in every staged file"),
     "deidentification_method": Check("fail", "DeidentificationMethod names the profile version"),
     "identifier_leak": Check("fail", "no patient identifier of the source (IDs, birth date, "
-                             "address, telephone, full name in any order or format) remains "
-                             "in any element, in the raw bytes, or in file and folder names"),
+                             "address, telephone, full name in any order or format, initials "
+                             "with the family name) remains in any element, in the text of "
+                             "an encapsulated document, in the raw bytes, or in file and "
+                             "folder names"),
     "name_part": Check("warn", "no single part (3+ letters) of the patient's name remains"),
-    "staff_name": Check("warn", "no full name of staff (operator, physicians) remains"),
+    "staff_name": Check("fail", "no full name from any other PN attribute of the source "
+                        "(operator, physicians, anyone) remains"),
     "labels": Check("fail", "subject and session labels hold no identifier"),
+    "patient_age": Check("fail", "no staged PatientAge is 90 years or more (HIPAA Safe Harbor "
+                         "counts such ages as identifiers)"),
     "burned_in_annotation": Check("fail", "no staged image says BurnedInAnnotation = YES"),
     "burned_in_risk": Check("warn", "images of classes where burned-in text is common "
                             "(secondary capture, ultrasound, screen saves, dose reports) "
                             "are flagged for a look"),
-    "private_tags": Check("warn", "private tags (left untouched by the profile) are reported"),
+    "encapsulated_document": Check("warn", "every encapsulated document (PDF, CDA) is listed "
+                                   "for a person to read: scanned pages are images no text "
+                                   "scan sees"),
+    "private_tags": Check("warn", "private elements that TCIA's knowledge base does not know "
+                          "to be safe and that hold text are listed with their values",
+                          allowed=("keep", "warn", "fail")),
 }
 LEAK_CHECK_OF_KIND = {"identifier": "identifier_leak", "name_part": "name_part",
                       "staff_name": "staff_name"}
@@ -91,13 +108,13 @@ def resolve_severities(configured: dict[str, str] | None) -> dict[str, str]:
         if name not in CHECKS:
             raise PipelineError(f"setting 'checks.{name}': there is no check of that name; "
                                 f"checks: {', '.join(CHECKS)}")
-        severity = "off" if severity == "keep" else severity
-        if severity not in SEVERITIES:
-            raise PipelineError(f"setting 'checks.{name}' must be fail, warn or off")
         if not CHECKS[name].configurable and severity != CHECKS[name].default:
             raise PipelineError(f"setting 'checks.{name}' cannot be changed: a session with "
                                 "missing or altered files is never uploaded")
-        severities[name] = severity
+        if severity not in CHECKS[name].allowed:
+            raise PipelineError(f"setting 'checks.{name}' must be "
+                                + " or ".join(CHECKS[name].allowed))
+        severities[name] = "off" if severity == "keep" else severity
     return severities
 
 
