@@ -42,9 +42,79 @@ def test_birth_date_in_common_formats(text):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("mrn404177", True), ("MRN 404-177", True), ("xmrn404177", False), ("mrn4041777", False)])
+    ("mrn404177", True), ("MRN 404-177", True), ("xmrn404177", True), ("mrn4041777", False),
+    ("1mrn404177", True), ("mrn404177 1", True)])
 def test_identifiers_with_or_without_separators(text, expected):
     assert bool(found(matcher_for(PatientID="MRN-404-177"), text)) is expected
+
+
+@pytest.mark.parametrize("text", [
+    "MRN40417723", "PATMRN40417723", "MRN40417723x", "id=MRN40417723;", "noteMRN40417723end",
+    "ptid40417723", "Acc#88310452"])
+def test_ids_glued_to_other_text_are_found(text):
+    matcher = matcher_for(PatientID="MRN40417723", OtherPatientIDs="40417723",
+                          AccessionNumber="88310452")
+    assert {kind for _attribute, kind in found(matcher, text)} == {"identifier"}
+
+
+@pytest.mark.parametrize("text", [
+    "MRN404177231", "1.2.840.1404177238.5", "9940417723", "404177230", "x40417723999"])
+def test_glued_ids_are_not_found_inside_longer_digit_runs(text):
+    matcher = matcher_for(OtherPatientIDs="40417723", PatientID="MRN40417723")
+    assert found(matcher, text) == set()
+
+
+def test_short_ids_are_never_glued():
+    matcher = matcher_for(PatientID="4041")  # under six characters: whole tokens only
+    assert found(matcher, "id 4041") == {("PatientID", "identifier")}
+    assert found(matcher, "AB4041") == set()
+
+
+def test_glued_ids_in_raw_bytes_follow_the_same_rules():
+    matcher = matcher_for(PatientID="MRN40417723")
+    assert [offset for _needle, offset in matcher.find_in_bytes(b"\x00NOTEMRN40417723\x00")] \
+        == [5]
+    assert matcher.find_in_bytes(b"\x00MRN404177239\x00") == []
+
+
+@pytest.mark.parametrize("text", [
+    "23-Sep-1958", "23 Sep 1958", "September 23, 1958", "Sep 23 1958", "23-SEP-58",
+    "23SEP1958", "Sept. 23, 1958", "23rd September 1958", "sep 23rd, 58", "1958-Sep-23",
+    "DOB:23sep58"])
+def test_birth_dates_with_month_names(text):
+    assert found(matcher_for(PatientBirthDate="19580923"), text) == {
+        ("PatientBirthDate", "identifier")}
+
+
+@pytest.mark.parametrize("text", ["3 Feb 2001", "February 3rd, 2001", "03-FEB-01", "Feb 3 01"])
+def test_single_digit_days_with_month_names(text):
+    assert found(matcher_for(PatientBirthDate="20010203"), text) == {
+        ("PatientBirthDate", "identifier")}
+
+
+@pytest.mark.parametrize("text", [
+    "23 Oct 1958", "24 Sep 1958", "Sep 23 1959", "09/23/58", "23 Sep 19580"])
+def test_other_dates_and_numeric_two_digit_years_are_not_the_birth_date(text):
+    assert found(matcher_for(PatientBirthDate="19580923"), text) == set()
+
+
+@pytest.mark.parametrize("text", [
+    "A. Testperson", "Testperson, A.", "A Testperson", "A.Q. Testperson", "A Q Testperson",
+    "Alice Q. Testperson", "TESTPERSON A", "testperson, A. Q.", "seen by A.TESTPERSON"])
+def test_initials_with_the_family_name_are_a_full_name(text):
+    matcher = matcher_for(PatientName="Testperson^Alice^Q")
+    assert found(matcher, text) == {("PatientName", "identifier")}
+
+
+@pytest.mark.parametrize("text", ["a brain scan", "brain a", "head b", "B. Headley"])
+def test_lower_case_letters_are_not_initials(text):
+    matcher = matcher_for(PatientName="Brain^Alice")
+    assert {kind for _attribute, kind in found(matcher, text)} <= {"name_part"}
+
+
+def test_staff_names_with_initials_are_staff_names():
+    matcher = matcher_for(OperatorsName="Invented^Technologist")
+    assert found(matcher, "T. Invented") == {("OperatorsName", "staff_name")}
 
 
 def test_short_numbers_match_only_as_written():

@@ -5,9 +5,15 @@ token sequences folded for case and punctuation. A needle matches text when its 
 joined, equal a run of whole tokens of the text, so 'MRN-4041' matches 'mrn4041' and
 'MRN 4041' but not the middle of a longer number such as a UID component.
 
+An identifier of six characters or more that holds digits (an MRN, an accession number, a
+date) is also found glued inside a longer token ('MRN40417723' in 'PATMRN40417723'), but never
+inside a longer run of digits (a UID component, a longer number). A name written with
+initials ('A. Testperson', 'Testperson, A Q') is a full name; the initials must be written as
+capitals, so that the article in 'a brain scan' is not taken for one.
+
 Three strengths, each reported by its own check:
 - ``identifier``: a patient identifier (IDs, birth date in any common format, address,
-  telephone, the patient's full name in any order);
+  telephone, the patient's full name in any order, with or without initials);
 - ``name_part``: one component (three letters or more) of a patient name on its own, weaker;
 - ``staff_name``: the full name of anyone else in a PN attribute (operator, physician).
 """
@@ -16,6 +22,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate, permutations
 
 from pydicom.datadict import tag_for_keyword
@@ -43,7 +50,14 @@ NAME_SEPARATORS = re.compile(r"[\^=]")
 RAW_SEPARATORS = ("", " ", "^", ",", ", ", "-", "/", ".", "_")
 KIND_ORDER = {"identifier": 0, "staff_name": 1, "name_part": 2}
 SHORT_NUMBER_DIGITS = 8
+# Identifiers at least this long that hold a digit are also looked for inside longer tokens.
+GLUED_MIN_CHARACTERS = 6
+MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
+               "september", "october", "november", "december")
+# Day numbers as people write them in words: '23rd September 1958'.
+ORDINAL_SUFFIXES = ("", "st", "nd", "rd", "th")
 WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+DIGIT_BYTES = frozenset(b"0123456789")
 NUMBER_BYTES = frozenset(b".")
 
 
@@ -64,10 +78,22 @@ class Needle:
     tokens: tuple[str, ...]
     attribute: str  # the source attribute it came from, e.g. 'PatientName'
     kind: str  # 'identifier', 'name_part' or 'staff_name'
+    # Indexes of tokens that are a name's initials: they match only when written as capitals.
+    initials: tuple[int, ...] = ()
 
     @property
     def folded(self) -> str:
         return "".join(self.tokens)
+
+    @property
+    def may_be_glued(self) -> bool:
+        """An ID-like value long enough to be told apart inside a longer token."""
+        folded = self.folded
+        return len(folded) >= GLUED_MIN_CHARACTERS and any(c.isdigit() for c in folded)
+
+    def written_in(self, text: str) -> bool:
+        """For a name with initials: the initials are capitals where ``text`` holds it."""
+        return not self.initials or _initials_pattern(self).search(text) is not None
 
     def raw_forms(self) -> set[bytes]:
         """The needle as it may be written in bytes (lower case), for the raw-byte scan."""
@@ -75,7 +101,9 @@ class Needle:
 
 
 def date_forms(value: str) -> list[tuple[str, ...]]:
-    """A DICOM date (YYYYMMDD) as people write it: ISO, US and European, padded or not."""
+    """A DICOM date (YYYYMMDD) as people write it: ISO, US and European, padded or not, and
+    with the month as a word ('23-Sep-1958', 'September 23, 1958', '23rd Sept 58'). Two-digit
+    years only beside a month name, where the order cannot be mistaken."""
     match = DATE.match(value.strip())
     if not match:
         return [tuple(tokens_of(value))]
@@ -83,6 +111,17 @@ def date_forms(value: str) -> list[tuple[str, ...]]:
     forms = {(year, month, day), (month, day, year), (day, month, year),
              (str(int(month)), str(int(day)), year), (str(int(day)), str(int(month)), year),
              (year + month + day,)}
+    if 1 <= int(month) <= 12:
+        full_name = MONTH_NAMES[int(month) - 1]
+        month_words = {full_name, full_name[:3]} | ({"sept"} if full_name == "september" else set())
+        days = {day, str(int(day))}
+        written_days = {number + suffix for number in days for suffix in ORDINAL_SUFFIXES}
+        for word in month_words:
+            forms.add((year, word, day))
+            for written_year in (year, year[2:]):
+                for written_day in written_days:
+                    forms.add((written_day, word, written_year))
+                    forms.add((word, written_day, written_year))
     return sorted(forms)
 
 
@@ -100,6 +139,28 @@ def name_forms(value: str) -> tuple[list[tuple[str, ...]], list[str]]:
     parts = [token for component in components for token in component
              if sum(character.isalpha() for character in token) >= MIN_SEARCHABLE_CHARACTERS]
     return sorted(form for form in full_forms if form), parts
+
+
+def initial_forms(value: str) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """A PN value written with the family name in full and the given (and middle) names as
+    initials: 'A. Testperson', 'A Q Testperson', 'Alice Q. Testperson', 'Testperson, A.'.
+    Each form comes with the indexes of its initials (they must be capitals to match)."""
+    components = [tokens_of(component) for component in NAME_SEPARATORS.split(value)]
+    family = components[0] if components else []
+    given = components[1] if len(components) > 1 else []
+    middle = components[2] if len(components) > 2 else []
+    if not family or not given:
+        return []
+    given_initial, middle_initial = [given[0][0]], [middle[0][0]] if middle else []
+    forenames = {(tuple(given_initial), (0,))}
+    if middle_initial:
+        forenames.add((tuple(given_initial + middle_initial), (0, 1)))
+        forenames.add((tuple(given + middle_initial), (len(given),)))
+    forms = set()
+    for names, initials in forenames:
+        forms.add(((*names, *family), initials))  # 'A. Q. Testperson'
+        forms.add(((*family, *names), tuple(len(family) + index for index in initials)))
+    return sorted(forms)
 
 
 def _element_values(element: DataElement) -> list[str]:
@@ -185,19 +246,23 @@ class IdentifierSet:
 
     def _add_name(self, value: str, attribute: str, is_patient: bool) -> None:
         full_forms, parts = name_forms(value)
+        kind = "identifier" if is_patient else "staff_name"
         for form in full_forms:
-            self._add(form, attribute, "identifier" if is_patient else "staff_name")
+            self._add(form, attribute, kind)
+        for form, initials in initial_forms(value):
+            self._add(form, attribute, kind, initials)
         if is_patient:
             for part in parts:
                 self._add((part,), attribute, "name_part")
 
-    def _add(self, tokens: tuple[str, ...], attribute: str, kind: str) -> None:
+    def _add(self, tokens: tuple[str, ...], attribute: str, kind: str,
+             initials: tuple[int, ...] = ()) -> None:
         folded = "".join(tokens)
         if len(folded) < MIN_SEARCHABLE_CHARACTERS:
             if folded:
                 self.too_short.add(folded)
             return
-        self.needles.setdefault((tokens, kind), Needle(tokens, attribute, kind))
+        self.needles.setdefault((tokens, kind), Needle(tokens, attribute, kind, initials))
 
     def merge(self, other: "IdentifierSet") -> None:
         """Add what another set gathered (from later files: the needles seen first stay)."""
@@ -229,9 +294,11 @@ class Matcher:
             self.layouts.setdefault(needle.folded, set()).add(
                 tuple(accumulate(map(len, needle.tokens)))[:-1])
             raw_forms.setdefault(needle.folded, set()).update(needle.raw_forms())
+        # Initials are told from words by case, which the raw scan (lower-cased bytes) cannot
+        # see: names with initials are looked for in element text only.
         self.raw_needles = [(needle, raw_forms[folded])
                             for folded, needle in self.by_folded.items()
-                            if needle.kind != "name_part"]
+                            if needle.kind != "name_part" and not needle.initials]
 
     def find(self, text: str) -> list[Needle]:
         """Needles whose tokens equal a run of whole tokens in ``text``."""
@@ -244,6 +311,7 @@ class Matcher:
         Short numbers are not searched in the texts whose index is in ``numeric`` (values of
         numeric VRs, where '1001' is a measurement, not an ID).
         """
+        texts = list(texts)
         folded_parts: list[str] = []
         token_ends: set[int] = set()
         text_starts: list[int] = []
@@ -261,15 +329,17 @@ class Matcher:
         found: dict[int, list[Needle]] = {}
         for target, needle in self.by_folded.items():
             strict = is_short_number(target)
+            glued = needle.may_be_glued
             start = folded.find(target)
             while start >= 0:
                 end = start + len(target)
-                if start in token_ends and end in token_ends and (
-                        not strict or self._same_layout(target, start, token_ends)):
+                if (_bounded(folded, start, end, token_ends, glued)
+                        and (not strict or self._same_layout(target, start, token_ends))):
                     index = _text_index(text_starts, start)
                     # A match must lie inside one text, not straddle two.
                     if (end <= text_ends[index] and needle not in found.get(index, ())
-                            and not (strict and index in numeric)):
+                            and not (strict and index in numeric)
+                            and needle.written_in(texts[index])):
                         found.setdefault(index, []).append(needle)
                 start = folded.find(target, start + 1)
         return {index: _strongest_per_attribute(needles) for index, needles in found.items()}
@@ -281,18 +351,14 @@ class Matcher:
         return inner in self.layouts[target]
 
     def find_in_bytes(self, data: bytes) -> list[tuple[Needle, int]]:
-        """Needles written anywhere in ``data`` (case-insensitive) between non-alphanumeric
-        bytes, with the first offset."""
+        """Every place a needle is written in ``data`` (case-insensitive) between
+        non-alphanumeric bytes: (needle, offset), by offset. The caller decides which element,
+        if any, holds each offset."""
         lowered = data.lower()
-        first_offset: dict[Needle, int] = {}
-        for needle, forms in self.raw_needles:
-            offsets = [offset for form in forms
-                       if (offset := _find_bounded(lowered, form,
-                                                   is_short_number(needle.folded))) >= 0]
-            if offsets:
-                first_offset[needle] = min(offsets)
-        return [(needle, first_offset[needle])
-                for needle in _strongest_per_attribute(list(first_offset))]
+        hits = {(needle, offset) for needle, forms in self.raw_needles for form in forms
+                for offset in _find_bounded(lowered, form, is_short_number(needle.folded),
+                                            needle.may_be_glued)}
+        return sorted(hits, key=lambda hit: (hit[1], hit[0].folded))
 
 
 def is_short_number(folded: str) -> bool:
@@ -300,18 +366,45 @@ def is_short_number(folded: str) -> bool:
     return folded.isdigit() and len(folded) < SHORT_NUMBER_DIGITS
 
 
-def _find_bounded(data: bytes, form: bytes, number: bool) -> int:
-    """First offset of ``form`` in ``data`` not inside a longer word (or number, for
-    numbers: '1234' is not found in '0.12345' or '1.1234')."""
+def _bounded(folded: str, start: int, end: int, token_ends: set[int], glued: bool) -> bool:
+    """A match of whole tokens; for an ID-like needle (``glued``) also one inside a longer
+    token, unless it continues a run of digits there ('4041772' is not in '40417723')."""
+    if start in token_ends and end in token_ends:
+        return True
+    if not glued:
+        return False
+    digits_before = start not in token_ends and folded[start].isdigit() and (
+        folded[start - 1].isdigit())
+    digits_after = end not in token_ends and folded[end - 1].isdigit() and folded[end].isdigit()
+    return not digits_before and not digits_after
+
+
+def _find_bounded(data: bytes, form: bytes, number: bool, glued: bool = False
+                  ) -> Iterator[int]:
+    """Offsets of ``form`` in ``data`` not inside a longer word (or number, for numbers:
+    '1234' is not found in '0.12345' or '1.1234'). An ID-like form (``glued``) may touch
+    letters, but never continue a run of digits."""
+    digits = DIGIT_BYTES | (NUMBER_BYTES if number else frozenset())
     joined = WORD_BYTES | (NUMBER_BYTES if number else frozenset())
     offset = data.find(form)
     while offset >= 0:
         before = data[offset - 1] if offset > 0 else None
         after = data[offset + len(form)] if offset + len(form) < len(data) else None
-        if before not in joined and after not in joined:
-            return offset
+        if glued:
+            if not (form[0] in DIGIT_BYTES and before in digits) and not (
+                    form[-1] in DIGIT_BYTES and after in digits):
+                yield offset
+        elif before not in joined and after not in joined:
+            yield offset
         offset = data.find(form, offset + 1)
-    return -1
+
+
+@lru_cache(maxsize=4096)
+def _initials_pattern(needle: Needle) -> re.Pattern[str]:
+    """The needle's tokens in order, any separators between them; initials as capitals."""
+    parts = [f"(?-i:{re.escape(token.upper())})" if index in needle.initials
+             else re.escape(token) for index, token in enumerate(needle.tokens)]
+    return re.compile(r"(?<![^\W_])" + r"[\W_]*".join(parts) + r"(?![^\W_])", re.IGNORECASE)
 
 
 def _strongest_per_attribute(needles: list[Needle]) -> list[Needle]:

@@ -11,6 +11,8 @@ attribute changes staging made.
 import csv
 import hashlib
 import io
+import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -27,7 +29,14 @@ from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
-from deidpipe.identifiers import IdentifierSet, Matcher, Needle, Nesting, iter_elements
+from deidpipe.identifiers import (
+    IdentifierSet,
+    Matcher,
+    Needle,
+    Nesting,
+    is_short_number,
+    iter_elements,
+)
 from deidpipe.parallel import map_in_workers
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
@@ -221,6 +230,23 @@ class StagedRead:
     pixel_start: int | None = None  # byte offset of the first image data element, if any
     # Top-level element value bytes as stored, before conversion (to compare with the source's).
     raw_values: dict[int, bytes | None] = field(default_factory=dict)
+    # Where each element's value lies in the file, by start offset: a byte-scan hit is
+    # attributed to the element that holds it.
+    spans: list["ValueSpan"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ValueSpan:
+    """The bytes ``start:end`` of the file are the value of ``dataset[tag]``."""
+
+    start: int
+    end: int
+    nesting: Nesting
+    dataset: Dataset
+    tag: int
+
+    def element(self) -> DataElement:
+        return self.dataset[self.tag]
 
 
 def read_staged(data: bytes) -> StagedRead:
@@ -232,20 +258,67 @@ def read_staged(data: bytes) -> StagedRead:
         # From the raw elements, before conversion.
         pixel_start, pixel_end = _image_data_span(dataset)
         raw_values = _raw_values(dataset)
+        spans = _value_spans(dataset.file_meta, data) + _value_spans(dataset, data)
         for _element in dataset.iterall():  # pydicom converts values lazily: force it
             pass
-        return StagedRead(dataset, pixel_end, "", pixel_start, raw_values)
+        return StagedRead(dataset, pixel_end, "", pixel_start, raw_values, sorted(
+            spans, key=_span_start))
     except READ_ERRORS as error:
         problem = f"the file cannot be read to its end ({type(error).__name__})"
     try:
         header = dcmread(io.BytesIO(data), stop_before_pixels=True)
         raw_values = _raw_values(header)
+        spans = _value_spans(header.file_meta, data) + _value_spans(header, data)
         for _element in header.iterall():
             pass
-        return StagedRead(header, pixel_end, problem, raw_values=raw_values)
+        return StagedRead(header, pixel_end, problem, raw_values=raw_values,
+                          spans=sorted(spans, key=_span_start))
     except READ_ERRORS as error:
         return StagedRead(None, pixel_end,
                           f"the file cannot be read as DICOM ({type(error).__name__})")
+
+
+def _span_start(span: ValueSpan) -> int:
+    return span.start
+
+
+def _value_spans(dataset: Dataset, data: bytes, base: int = 0,
+                 nesting: Nesting = ()) -> list[ValueSpan]:
+    """Value spans of every element not yet converted, at any depth (converting sequences).
+
+    pydicom gives each raw element the offset of its value in the stream it was read from:
+    the file for top-level elements and undefined-length sequences, the sequence's own value
+    for items of a defined-length sequence. A span is kept only where the file's bytes there
+    are the element's value, so a wrong guess can never attribute a hit to the wrong place.
+    """
+    spans = []
+    for stored in sorted(dataset.values(), key=_tag_of):
+        tag = int(stored.tag)
+        if isinstance(stored, RawDataElement):
+            start = base + stored.value_tell
+            value = stored.value
+            is_sequence = stored.VR == "SQ" or (stored.VR is None and dataset[tag].VR == "SQ")
+            if is_sequence:
+                child_base = start if stored.length != UNDEFINED_LENGTH else base
+            elif value is not None and data[start:start + len(value)] == value:
+                spans.append(ValueSpan(start, start + len(value), nesting, dataset, tag))
+                continue
+            else:
+                continue
+        elif stored.VR == "SQ":
+            child_base = base  # read from the same stream as its parent
+        else:
+            continue
+        element = dataset[tag]
+        if element.VR != "SQ":
+            continue
+        for number, item in enumerate(element.value or [], start=1):
+            spans += _value_spans(item, data, child_base, (*nesting, (element, number)))
+    return spans
+
+
+def _tag_of(element: DataElement | RawDataElement) -> int:
+    return int(element.tag)
 
 
 def _read_source(path: Path) -> Dataset | None:
@@ -326,19 +399,52 @@ def check_deidentification_method(dataset: Dataset, name: str, context: SessionC
                             + (" but is missing" if not value else " but holds another value")))
 
 
-def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[str]:
-    """Leak scan of every element (file meta, sequences, private tags); tally private tags
-    and free text on the way. Returns the source attributes found."""
+# An Age String (AS) is nnnD, nnnW, nnnM or nnnY; some writers drop the padding or the unit.
+AGE = re.compile(r"^\s*(\d{1,4})\s*([DWMY]?)\s*$", re.IGNORECASE)
+DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25, "": 365.25}
+OLDEST_AGE_SHOWN = 89  # HIPAA Safe Harbor: ages over 89 are identifiers
+
+
+def age_in_years(value: str) -> float | None:
+    """Years in an Age String ('090Y', '1095W', '33000D'); None if it is not an age."""
+    match = AGE.match(value)
+    if not match:
+        return None
+    number, unit = match.groups()
+    return int(number) * DAYS_PER_UNIT[unit.upper()] / 365.25
+
+
+def check_patient_age(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """No staged PatientAge (at any depth) is 90 years or more, whatever unit it is in."""
+    if not context.active("patient_age"):
+        return
+    for nesting, element in walk_elements(dataset):
+        if element.tag != 0x00101010 or element.is_empty:
+            continue
+        years = age_in_years(str(element.value))
+        if years is not None and years >= OLDEST_AGE_SHOWN + 1:
+            context.add(Finding("patient_age", name, tag_path(nesting, element),
+                                "PatientAge is 90 years or more (value not shown): HIPAA "
+                                "Safe Harbor counts ages over 89 as identifiers; empty "
+                                "PatientAge in the profile, or set it to 90Y for such "
+                                "patients"))
+
+
+def scan_elements(dataset: Dataset, name: str, context: SessionContext
+                  ) -> set[tuple[str, str]]:
+    """Leak scan of every element (file meta, sequences, private tags, elements after the
+    pixel data); tally private tags and free text on the way. Returns the (source attribute,
+    tag path) pairs found, so that the byte scan does not report them again."""
     elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
     texts = [element_text(element) for _nesting, element in elements]
     numeric = {index for index, (_nesting, element) in enumerate(elements)
                if element.VR in NUMERIC_VRS}
     found = context.matcher.find_in_texts(texts, numeric)
-    attributes_found = set()
+    places_found = set()
     for index, needles in sorted(found.items()):
         path = tag_path(*elements[index])
         for needle in needles:
-            attributes_found.add(needle.attribute)
+            places_found.add((needle.attribute, path))
             context.add(_leak_finding(needle, name, path))
     creators_in_file: set[tuple[str, str]] = set()
     free_text_in_file: set[tuple[str, str, str]] = set()
@@ -359,7 +465,7 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext) -> set[s
                 free_text_in_file.add((attribute, tag, value))
     context.private_creator_files.update(creators_in_file)
     context.free_text.update(free_text_in_file)
-    return attributes_found
+    return places_found
 
 
 def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
@@ -370,20 +476,39 @@ def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
                    needle.attribute)
 
 
-def scan_raw_bytes(data: bytes, pixel_end: int | None, name: str,
-                   attributes_found: set[str], context: SessionContext) -> None:
-    """Search the staged file's bytes for what the element scan cannot see (data after the
-    pixel data, the preamble, damaged elements)."""
+def scan_raw_bytes(data: bytes, staged_read: StagedRead, name: str,
+                   places_found: set[tuple[str, str]], context: SessionContext) -> None:
+    """Search the staged file's bytes. A hit inside an element's value is that element's
+    (reported at its tag path, under the element scan's rules: no short numbers in numeric
+    values, nothing the element scan already reported there); only bytes no parsed element
+    holds (the preamble, data after the pixel data or between elements that cannot be
+    parsed) are reported as raw bytes."""
+    starts = [span.start for span in staged_read.spans]
+    reported = set(places_found)
     for needle, offset in context.matcher.find_in_bytes(data):
-        if needle.attribute in attributes_found:
-            continue  # already reported at its element
-        if offset < PREAMBLE_BYTES:
-            where = f"file preamble (byte {offset})"
-        elif pixel_end is not None and offset >= pixel_end:
-            where = f"bytes after the pixel data (byte {offset})"
+        index = bisect_right(starts, offset) - 1
+        span = staged_read.spans[index] if index >= 0 else None
+        if span is not None and offset < span.end:
+            element = span.element()
+            if is_short_number(needle.folded) and element.VR in NUMERIC_VRS:
+                continue  # a measurement or UID component, as in the element scan
+            where, detail = tag_path(span.nesting, element), ""
         else:
-            where = f"raw bytes at byte {offset}, in no element the reader could parse"
-        context.add(_leak_finding(needle, name, where))
+            where, detail = _unowned_place(offset, staged_read.pixel_end), f", at byte {offset}"
+        if (needle.attribute, where) in reported:
+            continue
+        reported.add((needle.attribute, where))
+        finding = _leak_finding(needle, name, where)
+        finding.message = finding.message.removesuffix(")") + f"{detail})"
+        context.add(finding)
+
+
+def _unowned_place(offset: int, pixel_end: int | None) -> str:
+    if offset < PREAMBLE_BYTES:
+        return "file preamble"
+    if pixel_end is not None and offset >= pixel_end:
+        return "bytes after the pixel data"
+    return "bytes that no element the reader could parse holds"
 
 
 def _image_data_span(dataset: Dataset) -> tuple[int | None, int | None]:
@@ -654,7 +779,7 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
         context.add(Finding("integrity", name, "", problem))
     source_file = shown_source_path(entry["source"], context)
     first_finding = len(context.findings)
-    attributes_found: set[str] = set()
+    places_found: set[tuple[str, str]] = set()
     if dataset is not None:
         source_path = context.dicom_dir / entry["source"]
         source = SourceHeader(source_path, *_read_source_header(source_path))
@@ -667,7 +792,8 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
                                 "changes were not compared"))
         check_profile_actions(dataset, name, context)
         check_deidentification_method(dataset, name, context)
-        attributes_found = scan_elements(dataset, name, context)
+        places_found = scan_elements(dataset, name, context)
+        check_patient_age(dataset, name, context)
         if not problem:
             try:
                 check_integrity(dataset, staged_read, data, source, name, context)
@@ -677,7 +803,7 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
         check_burned_in(dataset, name, context)
         for tag, action in populated_basic_profile_tags(dataset):
             context.basic_profile[(tag, action)] += 1
-    scan_raw_bytes(data, staged_read.pixel_end, name, attributes_found, context)
+    scan_raw_bytes(data, staged_read, name, places_found, context)
     for finding in context.findings[first_finding:]:
         finding.source_file = source_file
 
