@@ -6,10 +6,12 @@ an *after* step changes the written files, and a label can be set as a coordinat
 typed it. Each case names the check and severity verification must give it.
 """
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import SecondaryCaptureImageStorage
@@ -19,12 +21,19 @@ from deidpipe.synthetic import (
     SeriesSpec,
     SessionSpec,
     build_session,
+    encapsulated_document_dataset,
+    make_cda,
+    make_pdf,
     plant_image_comments,
     plant_private_tag,
 )
 
 NAME = FAKE_IDENTIFIERS["PatientName"]  # "Testperson^Alice^Q"
-FAMILY, GIVEN = NAME.split("^")[:2]
+FAMILY, GIVEN, MIDDLE = NAME.split("^")[:3]
+PATIENT_ID = FAKE_IDENTIFIERS["PatientID"]  # "MRN40417723"
+BIRTH = FAKE_IDENTIFIERS["PatientBirthDate"]  # "19580923"
+V1_PROFILE = "PennBrainScienceCenter"
+V3_PROFILE = "PennBrainScienceCenter_v3.0"  # keeps PatientAge, computed from the birth date
 
 
 @dataclass
@@ -42,6 +51,9 @@ class Case:
         default_factory=lambda: [SeriesSpec("MR_small.dcm", "T1w", 2)])
     # Changes to the made-up identifiers planted in every file.
     identifiers: dict[str, str] = field(default_factory=dict)
+    profile: str = V1_PROFILE  # a folder under profiles/
+    # Other findings the case must (also) give: (check, severity) pairs.
+    also_expected: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_control(self) -> bool:
@@ -109,6 +121,63 @@ def _series_description_name(dataset: Dataset) -> None:
     dataset.SeriesDescription = f"T1w {GIVEN} {FAMILY}"
 
 
+def _set(keyword: str, value: str) -> Callable[[Dataset], None]:
+    """A plant that writes one value into one attribute the profile keeps."""
+    def plant(dataset: Dataset) -> None:
+        setattr(dataset, keyword, value)
+    return plant
+
+
+def _private_text(value: str, vr: str = "LO") -> Callable[[Dataset], None]:
+    def plant(dataset: Dataset) -> None:
+        block = dataset.private_block(0x0033, "INVENTED NOTES", create=True)
+        block.add_new(0x10, vr, value)
+    return plant
+
+
+def _append_after_pixel_data(data: bytes) -> Callable[[Path], None]:
+    def after(session_dir: Path) -> None:
+        for path in sorted(session_dir.rglob("*.dcm")):
+            with open(path, "ab") as handle:
+                handle.write(data)
+    return after
+
+
+def _trailing_padding(text: str) -> Callable[[Dataset], None]:
+    """DataSetTrailingPadding after the pixel data: an element like any other."""
+    def plant(dataset: Dataset) -> None:
+        dataset.add_new(0xFFFCFFFC, "OB", b"\0\0" + text.encode() + b"\0\0")
+    return plant
+
+
+def _document(document: Callable[[], bytes], mime_type: str) -> Callable[[Path], None]:
+    """Adds an encapsulated document (a scanned-in form, a report) to the session."""
+    def after(session_dir: Path) -> None:
+        dataset = encapsulated_document_dataset(document(), mime_type,
+                                                patient=FAKE_IDENTIFIERS, uid_seed=mime_type)
+        folder = session_dir / "documents"
+        folder.mkdir(exist_ok=True)
+        dataset.save_as(folder / "DOC0001.dcm", enforce_file_format=True)
+    return after
+
+
+def _dicomdir(session_dir: Path) -> None:
+    """A DICOMDIR beside the images (it names patients; staging leaves it out)."""
+    shutil.copy(get_testdata_file("DICOMDIR"), session_dir / "DICOMDIR")
+
+
+def _acquisition_number_equal_to_id(dataset: Dataset) -> None:
+    dataset.AcquisitionNumber = 4321  # the research ID below, by chance
+
+
+def _cases(kind: str, check: str, attribute: str, plants: list[Callable[[Dataset], None]],
+           **options: object) -> list["Case"]:
+    """Several variants of one class of leak, numbered: a check tuned to one fails some."""
+    return [Case(f"{kind} ({number}/{len(plants)})", check, "fail", attribute, plant=plant,
+                 **options)  # type: ignore[arg-type]
+            for number, plant in enumerate(plants, start=1)]
+
+
 CASES = [
     Case("private tag", "identifier_leak", "fail", "PatientID", plant=plant_private_tag),
     Case("nested sequence item", "identifier_leak", "fail", "AccessionNumber",
@@ -128,13 +197,68 @@ CASES = [
     Case("subject label equal to PatientID", "labels", "fail", "PatientID",
          subject=FAKE_IDENTIFIERS["PatientID"]),
     Case("name part on its own", "name_part", "warn", "PatientName", plant=_name_part_alone),
-    Case("staff name kept", "staff_name", "warn", "OperatorsName", plant=_staff_name),
+    Case("staff name kept", "staff_name", "fail", "OperatorsName", plant=_staff_name),
     Case("telephone with other separators", "identifier_leak", "fail",
          "PatientTelephoneNumbers", plant=_telephone_in_text),
     Case("name in a binary private tag", "identifier_leak", "fail", "PatientName",
          plant=_name_in_binary_private_tag),
     Case("name in the acquisition folder name", "identifier_leak", "fail", "PatientName",
          plant=_series_description_name),
+    # An identifier glued to other text.
+    *_cases("glued MRN", "identifier_leak", "PatientID", [
+        _set("ImageComments", f"PATIENT#{PATIENT_ID}"),
+        _set("StudyComments", f"seen{PATIENT_ID}today"),
+        _private_text(f"REF{PATIENT_ID}/A"),
+    ]),
+    Case("glued accession number", "identifier_leak", "fail", "AccessionNumber",
+         plant=_set("RequestedProcedureDescription",
+                    "ACCESSION" + FAKE_IDENTIFIERS["AccessionNumber"])),
+    Case("glued numeric ID", "identifier_leak", "fail", "PatientID",
+         plant=_set("ImageComments", "MRN40417723"), identifiers={"PatientID": "40417723"}),
+    Case("glued MRN after the pixel data", "identifier_leak", "fail", "PatientID",
+         after=_append_after_pixel_data(b"\0\0ARCHIVEDMRN" + PATIENT_ID.encode())),
+    # Dates of birth in words.
+    *_cases("date of birth with a month name", "identifier_leak", "PatientBirthDate", [
+        _set("ImageComments", "DOB 23-Sep-1958"),
+        _set("RequestedProcedureDescription", "born September 23, 1958"),
+        _set("StudyDescription", "research Sep 23 1958"),
+        _set("ImageComments", "d.o.b. 23 SEP 58"),
+        _private_text("23rd Sept 1958"),
+    ]),
+    # Initials with the family name.
+    *_cases("initials and family name", "identifier_leak", "PatientName", [
+        _set("ImageComments", f"{GIVEN[0]}. {FAMILY}"),
+        _set("PerformedProcedureStepDescription", f"{FAMILY}, {GIVEN[0]}."),
+        _set("ImageComments", f"{GIVEN[0]} {MIDDLE[0]} {FAMILY.upper()}"),
+        _private_text(f"{GIVEN} {MIDDLE}. {FAMILY}"),
+    ]),
+    # Staff names.
+    *_cases("physician name left in text", "staff_name", "ReferringPhysicianName", [
+        _set("ImageComments", "referred by Fakedoctor Bartholomew"),
+        _set("StudyComments", "Dr. B. Fakedoctor"),
+        _private_text("FAKEDOCTOR^BARTHOLOMEW", "PN"),
+    ]),
+    # Encapsulated documents: text compressed inside a PDF, or XML; each is also listed.
+    *[Case(f"encapsulated document ({number}/3)", "identifier_leak", "fail", attribute,
+           after=after, also_expected=(("encapsulated_document", "warn"),))
+      for number, (attribute, after) in enumerate([
+          ("PatientName", _document(lambda: make_pdf([f"Patient: {GIVEN} {FAMILY}",
+                                                      "Consent form"]), "application/pdf")),
+          ("PatientID", _document(lambda: make_pdf(["Consent form"], author=PATIENT_ID),
+                                  "application/pdf")),
+          ("PatientName", _document(lambda: make_cda(GIVEN, FAMILY, PATIENT_ID, BIRTH),
+                                    "text/xml")),
+      ], start=1)],
+    # Data after the pixel data, in a trailing padding element.
+    Case("ID in the trailing padding element", "identifier_leak", "fail", "PatientID",
+         plant=_trailing_padding(f"ARCHIVE {PATIENT_ID}")),
+    # Ages over 89, kept by the v3.0 profile (computed from the birth date, or as the source
+    # has it when there is no birth date).
+    Case("age over 89 computed from the birth date", "patient_age", "fail", profile=V3_PROFILE,
+         identifiers={"PatientBirthDate": "19100101"}),
+    *[Case(f"age over 89 written as {age}", "patient_age", "fail", profile=V3_PROFILE,
+           identifiers={"PatientBirthDate": "", "PatientAge": age})
+      for age in ("090Y", "095Y", "1140M", "4800W", "33000D")],
 ]
 CONTROLS = [
     Case("clean MR"),
@@ -147,6 +271,26 @@ CONTROLS = [
     Case("clean CT with short numeric IDs", series=[SeriesSpec("CT_small.dcm", "CT head", 3)],
          identifiers={"PatientID": "840", "OtherPatientIDs": "1001", "AccessionNumber": "10008"}),
     Case("clean MR with a common-word name", identifiers={"PatientName": "Head^Brain"}),
+    # A family name that is also a word of the series descriptions.
+    Case("clean MR, family name used in series descriptions",
+         series=[SeriesSpec("MR_small.dcm", "T1 AXIAL 5mm", 2),
+                 SeriesSpec("MR_small.dcm", "AX FLAIR", 1)],
+         identifiers={"PatientName": "Axial^Tom", "OperatorsName": ""}),
+    Case("clean MR, short numeric ID equal to AcquisitionNumber",
+         identifiers={"PatientID": "4321"}, plant=_acquisition_number_equal_to_id),
+    Case("clean MR with a DICOMDIR in the folder", after=_dicomdir),
+    Case("clean MR with a clean encapsulated PDF",
+         after=_document(lambda: make_pdf(["Scanner quality report", "Coil check passed"]),
+                         "application/pdf")),
+    Case("clean MR with a scanned (image only) PDF",
+         after=_document(lambda: make_pdf([], image_only=True), "application/pdf")),
+    Case("clean MR with a clean CDA document",
+         after=_document(lambda: make_cda("", "", "", "", note="Protocol checklist complete"),
+                         "text/xml")),
+    Case("clean MR, v3.0 profile keeps an age of 89", profile=V3_PROFILE,
+         identifiers={"PatientBirthDate": "", "PatientAge": "089Y"}),
+    Case("clean MR, v3.0 profile, 999 months", profile=V3_PROFILE,
+         identifiers={"PatientBirthDate": "", "PatientAge": "999M"}),
 ]
 
 

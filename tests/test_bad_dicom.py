@@ -171,8 +171,11 @@ def zoo(tmp_path_factory) -> dict:
     manifest_path = root / "staging" / "g" / "p" / "sub-01" / "ses-01.manifest.json"
     manifest = stage_session(source, profile, staged, manifest_path, threads=3)
     after_staging = tree_digest(source)
+    # pydicom's test files keep operators' names, which the v1.0 profile keeps too: this
+    # session is about damaged files, so staff names only warn here.
     report = verify_session(source, staged, manifest_path, profile, LABELS,
-                            root / "results" / "report.json")
+                            root / "results" / "report.json",
+                            settings={"checks": {"staff_name": "warn"}})
     return {"source": source, "staged": staged, "manifest": manifest, "report": report,
             "manifest_text": manifest_path.read_text(), "source_unchanged": before == after_staging,
             "report_text": (root / "results" / "report.json").read_text()}

@@ -38,6 +38,7 @@ from deidpipe.identifiers import (
     iter_elements,
 )
 from deidpipe.parallel import map_in_workers
+from deidpipe.private_knowledge import load_knowledge_base, path_segment
 from deidpipe.profile import Profile, load_profile
 from deidpipe.stage import list_source_files
 
@@ -147,6 +148,17 @@ class Finding:
         return found
 
 
+# A private element to review: (creator, group, element byte, name, disposition, VR).
+PrivateKey = tuple[str, str, str, str, str, str]
+# VRs whose values are text a person can read (DS and IS are numbers; UIDs are text TCIA
+# hashes). Private UN and OB values count as text when their bytes read as text.
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                      "UI", "UR", "UT"})
+SAFE_DISPOSITION = "k"
+MAX_PRIVATE_VALUE = 200  # characters of a private value shown for review
+MAX_PRIVATE_VALUES = 20  # distinct values shown per private element
+
+
 @dataclass
 class SessionContext:
     """What the checks of one session need to know, and what they tally for the report."""
@@ -166,6 +178,12 @@ class SessionContext:
     # memory does not grow with the session (each file's checks count a file once).
     private_creator_files: Counter[tuple[str, str]] = field(default_factory=Counter)
     free_text: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # Private elements judged against the knowledge base: how many of each verdict, the files
+    # holding each element to review, and the files holding each of its distinct values.
+    private_verdicts: Counter[str] = field(default_factory=Counter)
+    private_review_files: Counter[PrivateKey] = field(default_factory=Counter)
+    private_values: Counter[tuple[PrivateKey, str]] = field(default_factory=Counter)
+    private_withheld: Counter[PrivateKey] = field(default_factory=Counter)
     free_text_withheld: set[tuple[str, str]] = field(default_factory=set)
     basic_profile: Counter[tuple[int, str]] = field(default_factory=Counter)
     changes: Counter[tuple[int, str]] = field(default_factory=Counter)
@@ -400,7 +418,7 @@ def check_deidentification_method(dataset: Dataset, name: str, context: SessionC
 
 
 # An Age String (AS) is nnnD, nnnW, nnnM or nnnY; some writers drop the padding or the unit.
-AGE = re.compile(r"^\s*(\d{1,4})\s*([DWMY]?)\s*$", re.IGNORECASE)
+AGE = re.compile(r"^\s*(\d{1,6})\s*([DWMY]?)\s*$", re.IGNORECASE)
 DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25, "": 365.25}
 OLDEST_AGE_SHOWN = 89  # HIPAA Safe Harbor: ages over 89 are identifiers
 
@@ -448,12 +466,21 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext
             context.add(_leak_finding(needle, name, path))
     creators_in_file: set[tuple[str, str]] = set()
     free_text_in_file: set[tuple[str, str, str]] = set()
-    for index, (_nesting, element) in enumerate(elements):
+    private_in_file: set[PrivateKey] = set()
+    private_values_in_file: set[tuple[PrivateKey, str]] = set()
+    for index, (nesting, element) in enumerate(elements):
         if element.tag.is_private and element.tag.element >= 0x1000:
             creator = (element.private_creator or "(no private creator)",
                        f"{element.tag.group:04X}")
             context.private_creators[creator] += 1
             creators_in_file.add(creator)
+            key = judge_private_element(nesting, element, texts[index], context)
+            if key is not None:
+                private_in_file.add(key)
+                if index in found:
+                    context.private_withheld[key] += 1
+                else:
+                    private_values_in_file.add((key, _shown_private_value(texts[index])))
         if texts[index].strip() and (element.keyword in FREE_TEXT_KEYWORDS
                                      or element.VR in FREE_TEXT_VRS):
             attribute = element.keyword or element_name(element)
@@ -465,7 +492,53 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext
                 free_text_in_file.add((attribute, tag, value))
     context.private_creator_files.update(creators_in_file)
     context.free_text.update(free_text_in_file)
+    context.private_review_files.update(private_in_file)
+    context.private_values.update(private_values_in_file)
     return places_found
+
+
+def judge_private_element(nesting: Nesting, element: DataElement, text: str,
+                          context: SessionContext) -> PrivateKey | None:
+    """Tally what TCIA's knowledge base says of a private element; return its key when a
+    person must read it (not known to be safe, and it holds text)."""
+    path = (*(path_segment(int(sequence.tag), sequence.private_creator
+                           if sequence.tag.is_private else None) for sequence, _n in nesting),
+            path_segment(int(element.tag), element.private_creator))
+    info = load_knowledge_base().lookup(path)
+    if info is not None and info.disposition == SAFE_DISPOSITION:
+        context.private_verdicts["known_safe"] += 1
+        return None
+    if not _holds_text(element, text):
+        context.private_verdicts["no_text"] += 1
+        return None
+    context.private_verdicts["review"] += 1
+    disposition = DISPOSITION_NAMES[info.disposition] if info else "not in the knowledge base"
+    return (element.private_creator or "(no private creator)", f"{element.tag.group:04X}",
+            f"{element.tag.element & 0xFF:02X}", info.name if info else "", disposition,
+            element.VR)
+
+
+DISPOSITION_NAMES = {"d": "TCIA deletes it", "h": "TCIA hashes it (a UID)",
+                     "o": "TCIA shifts it (a date)", "oi": "TCIA shifts it (a date)",
+                     "na": "TCIA: not applicable", "": "TCIA: no decision",
+                     "k": "TCIA keeps it"}
+
+
+def _holds_text(element: DataElement, text: str) -> bool:
+    """A value a person can read: a text VR, or bytes (UN, OB) that are mostly letters."""
+    if element.VR in TEXT_VRS:
+        return bool(text.strip(" \0"))
+    if element.VR not in ("UN", "OB") or not text:
+        return False
+    stripped = text.strip(" \0")
+    printable = sum(character.isprintable() and character.isascii() for character in stripped)
+    alphanumeric = sum(character.isalnum() and character.isascii() for character in stripped)
+    return alphanumeric >= 3 and printable >= 0.9 * len(stripped)
+
+
+def _shown_private_value(text: str) -> str:
+    value = text.strip(" \0")
+    return value if len(value) <= MAX_PRIVATE_VALUE else value[:MAX_PRIVATE_VALUE] + "…"
 
 
 def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
@@ -728,20 +801,47 @@ def check_staged_names(context: SessionContext) -> None:
 
 
 def report_private_tags(context: SessionContext) -> dict[str, Any]:
-    """Private creators and how many private elements remain; a finding unless kept."""
+    """Private creators and element counts; the elements a person must read, with their
+    distinct values; a finding when there are any (unless private tags are kept)."""
     creators = [{"creator": creator, "group": group, "elements": count,
                  "files": context.private_creator_files[(creator, group)]}
                 for (creator, group), count in sorted(context.private_creators.items())]
     total = sum(context.private_creators.values())
-    if total:
-        names = ", ".join(sorted({creator["creator"] for creator in creators}))
-        context.add(Finding("private_tags", "", "private tags",
-                            f"{total} private element(s) remain from {len(creators)} private "
-                            f"creator block(s): {names}. The profile leaves private tags "
-                            "untouched; check that none holds an identifier"))
+    values_by_key: dict[PrivateKey, list[tuple[str, int]]] = {}
+    for (key, value), files in sorted(context.private_values.items()):
+        values_by_key.setdefault(key, []).append((value, files))
+    review = []
+    for key, files in sorted(context.private_review_files.items()):
+        creator, group, byte, element_name_, disposition, vr = key
+        values = sorted(values_by_key.get(key, []), key=lambda item: (-item[1], item[0]))
+        review.append({
+            "creator": creator, "group": group, "element": f"({group},xx{byte})",
+            "name": element_name_, "vr": vr, "knowledge_base": disposition, "files": files,
+            "values": [{"value": value, "files": count}
+                       for value, count in values[:MAX_PRIVATE_VALUES]],
+            "more_values": max(0, len(values) - MAX_PRIVATE_VALUES),
+            "values_withheld": context.private_withheld[key]})
+    distinct_values = sum(len(entry["values"]) + entry["more_values"] for entry in review)
+    withheld = sum(entry["values_withheld"] for entry in review)
+    if review:
+        message = (f"{len(review)} private element(s) that TCIA's knowledge base does not know "
+                   f"to be safe hold text: {distinct_values} distinct value(s) to read in the "
+                   "report's list of private elements")
+        if withheld:
+            message += (f"; {withheld} value(s) are not shown there because they hold an "
+                        "identifier (see the identifier findings)")
+        safe = total - context.private_verdicts["review"]
+        message += (f". The other {safe} of {total} private element(s) are known to be safe "
+                    "or hold no text")
+        context.add(Finding("private_tags", "", "private tags", message))
     policy = {"off": "keep"}.get(context.severities["private_tags"],
                                  context.severities["private_tags"])
-    return {"policy": policy, "elements": total, "creators": creators}
+    return {"policy": policy, "elements": total,
+            "known_safe": context.private_verdicts["known_safe"],
+            "no_text": context.private_verdicts["no_text"],
+            "to_review": context.private_verdicts["review"],
+            "knowledge_base": load_knowledge_base().describe(),
+            "creators": creators, "review": review}
 
 
 # ---- showing paths without identifiers -------------------------------------------------------
@@ -811,8 +911,10 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
 # ---- files in worker processes (deidpipe.parallel) --------------------------------------------
 # Each file's checks tally into a fresh copy of these fields of the session's context; the
 # job's process adds them up in manifest order, so the report does not depend on the workers.
-TALLIES = ("findings", "private_creators", "private_creator_files", "free_text",
-           "free_text_withheld", "basic_profile", "changes", "burned_in_flags", "phi_rows")
+COUNTED_TALLIES = ("private_creators", "private_creator_files", "free_text", "basic_profile",
+                   "changes", "private_verdicts", "private_review_files", "private_values",
+                   "private_withheld")
+TALLIES = ("findings", "free_text_withheld", "burned_in_flags", "phi_rows", *COUNTED_TALLIES)
 _worker_extra_keywords: tuple[str, ...] = ()
 _worker_context: SessionContext | None = None
 
@@ -854,8 +956,7 @@ def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
     context.burned_in_flags.extend(tallies["burned_in_flags"])
     if context.phi_rows is not None:
         context.phi_rows.extend(tallies["phi_rows"])
-    for name in ("private_creators", "private_creator_files", "free_text", "basic_profile",
-                 "changes"):
+    for name in COUNTED_TALLIES:
         getattr(context, name).update(tallies[name])
     context.free_text_withheld |= tallies["free_text_withheld"]
 
