@@ -250,18 +250,100 @@ def test_counts_and_session_order_status_words_and_links(batch):
                                                                             "pass")
 
 
-def test_findings_per_session_fail_first(batch):
+FINDING_COLUMNS = ["Severity", "Check", "Place (tag path)", "Source attribute", "Files",
+                   "Example files", "Message"]
+LEAK_MESSAGE = "holds the source's PatientName (value not shown)"
+
+
+def leak_findings(count: int) -> list[dict[str, str]]:
+    """One name in ImageComments of every file of a ``count``-file session."""
+    return [{"check": "identifier_leak", "severity": "fail", "file": f"1-T1/1.2.{number}.MR.dcm",
+             "tag": "ImageComments (0020,4000)", "message": LEAK_MESSAGE,
+             "source_attribute": "PatientName", "source_file": f"dicom/t1-{number}.dcm"}
+            for number in range(1, count + 1)]
+
+
+def findings_page(tmp_path: Path, report: dict) -> Path:
+    results = tmp_path / "results"
+    row = session(2, "sub-001")
+    write_session(results, row, report)
+    write_summary([row], results, upload=False)
+    return results / "report.html"
+
+
+def table_headers(node: Node) -> list[str]:
+    return [cell.text() for cell in next(node.iter("thead")).iter("th")]
+
+
+def test_findings_per_session_grouped_fail_first(batch):
     findings = parse(batch[0].read_text(encoding="utf-8")).by_id("findings")
     titles = [heading.text() for heading in findings.iter("h3")]
     assert [title.split(" ")[0] for title in titles] == [
         f"{GROUP}/{PROJECT}/sub-003/ses-01", f"{GROUP}/{PROJECT}/sub-002/ses-01"]
-    assert "fail, 2 finding(s)" in titles[0]
-    first_table = [[cell.text() for cell in row.iter("td")]
-                   for row in next(findings.iter("tbody")).iter("tr")]
-    assert first_table[0] == ["fail", "identifier_leak", "1-T1/1.2.4.MR.dcm",
-                              "ImageComments (0020,4000)", "PatientID", "dicom/t1-1.dcm",
-                              "holds the source's PatientID (value not shown)"]
-    assert first_table[1][:2] == ["warn", "name_part"]
+    assert titles[0].endswith("fail, 2 findings in 2 groups")
+    assert titles[1].endswith("warn, 2 findings in 2 groups")
+    assert table_headers(findings) == FINDING_COLUMNS
+    tables = [[[cell.text() for cell in row.iter("td")] for row in body.iter("tr")]
+              for body in findings.iter("tbody")]
+    # Old reports (no finding_groups) are grouped on the page; fail before warn.
+    assert tables[0] == [
+        ["fail", "identifier_leak", "ImageComments (0020,4000)", "PatientID", "1",
+         "1-T1/1.2.4.MR.dcm", "holds the source's PatientID (value not shown)"],
+        ["warn", "name_part", "StudyDescription (0008,1030)", "PatientName", "1",
+         "1-T1/1.2.4.MR.dcm", "holds a part of the source's PatientName (value not shown)"]]
+    # A finding about the whole session names no file, and says so.
+    assert tables[1] == [
+        ["warn", "private_tags", "private tags", "", "0", "none: about the whole session",
+         "4 private element(s) remain from 1 private creator block(s)"],
+        ["warn", "burned_in_risk", "", "", "1", "1-SC/1.2.3.SC.dcm",
+         "secondary capture: look for burned-in text"]]
+
+
+def test_312_findings_of_one_kind_are_one_row_with_three_examples(tmp_path):
+    page = findings_page(tmp_path, new_report("sub-001", "fail", findings=leak_findings(312)))
+    findings = parse(page.read_text(encoding="utf-8")).by_id("findings")
+    assert [heading.text() for heading in findings.iter("h3")] == [
+        f"{GROUP}/{PROJECT}/sub-001/ses-01 (sessions.tsv row 2): fail, "
+        "312 findings in 1 group"]
+    assert findings.table_rows() == [
+        ["fail", "identifier_leak", "ImageComments (0020,4000)", "PatientName", "312",
+         "1-T1/1.2.1.MR.dcm\n1-T1/1.2.2.MR.dcm\n1-T1/1.2.3.MR.dcm\nand 309 more",
+         LEAK_MESSAGE]]
+    cells = list(next(findings.iter("tbody")).iter("td"))
+    assert cells[5].attrs["class"] == "value files"  # monospace, one file a line
+    # The page names three files, not 312 (the report JSON lists them all).
+    assert "1.2.4.MR.dcm" not in page.read_text(encoding="utf-8")
+
+
+def test_finding_groups_of_the_report_are_shown_as_written(tmp_path):
+    findings = leak_findings(4)
+    groups = [{"check": "identifier_leak", "severity": "fail",
+               "tag": "ImageComments (0020,4000)", "message": LEAK_MESSAGE,
+               "source_attribute": "PatientName", "files": 4,
+               "examples": [finding["file"] for finding in findings[:3]],
+               "file_list": [{"file": finding["file"]} for finding in findings]},
+              {"check": "labels", "severity": "fail", "tag": "sessions.tsv column 'subject'",
+               "message": "holds the source's PatientID (value not shown)",
+               "source_attribute": "PatientID", "files": 0, "examples": [], "file_list": []}]
+    report = new_report("sub-001", "fail", findings=findings, finding_groups=groups)
+    dom = parse(findings_page(tmp_path, report).read_text(encoding="utf-8"))
+    findings_node = dom.by_id("findings")
+    assert next(findings_node.iter("h3")).text().endswith("4 findings in 2 groups")
+    rows = findings_node.table_rows()
+    assert [row[4:6] for row in rows] == [
+        ["4", "1-T1/1.2.1.MR.dcm\n1-T1/1.2.2.MR.dcm\n1-T1/1.2.3.MR.dcm\nand 1 more"],
+        ["0", "none: about the whole session"]]
+    assert rows[1][:4] == ["fail", "labels", "sessions.tsv column 'subject'", "PatientID"]
+
+
+def test_finding_values_are_escaped(tmp_path):
+    odd = {"check": "integrity", "severity": "fail", "file": "<b>x</b>.dcm",
+           "tag": SCRIPT_VALUE, "message": "<img src=x onerror=alert(1)> & more"}
+    page = findings_page(tmp_path, new_report("sub-001", "fail", findings=[odd])).read_text(
+        encoding="utf-8")
+    assert "<script" not in page.lower() and "<img" not in page and "<b>" not in page
+    assert parse(page).by_id("findings").table_rows() == [
+        ["fail", "integrity", SCRIPT_VALUE, "", "1", "<b>x</b>.dcm", odd["message"]]]
 
 
 def test_free_text_is_aggregated_sorted_and_withheld_values_counted(batch):
@@ -389,3 +471,16 @@ def test_chromium_shows_sections_rows_and_the_value_as_text(batch, tmp_path):
         ("sub-003", "fail"), ("sub-004", "not verified"), ("sub-002", "warn"),
         ("sub-001", "pass")]
     assert "holds patient identifiers" in dom.by_id("phi-log").text()
+    assert dom.by_id("findings").table_rows()[0][:5] == [
+        "fail", "identifier_leak", "ImageComments (0020,4000)", "PatientID", "1"]
+
+
+@pytest.mark.browser
+def test_chromium_shows_312_findings_as_one_row(tmp_path):
+    page = findings_page(tmp_path, new_report("sub-001", "fail", findings=leak_findings(312)))
+    findings = parse(render_in_chromium(page, tmp_path)).by_id("findings")
+    assert next(findings.iter("h3")).text().endswith("fail, 312 findings in 1 group")
+    rows = findings.table_rows()
+    assert len(rows) == 1 and rows[0][4] == "312"
+    assert rows[0][5].splitlines() == ["1-T1/1.2.1.MR.dcm", "1-T1/1.2.2.MR.dcm",
+                                       "1-T1/1.2.3.MR.dcm", "and 309 more"]

@@ -144,7 +144,7 @@ def test_command_template_placeholders():
 def test_warned_session_uploads_only_when_allowed(tmp_path, monkeypatch, verified,
                                                    upload_warned, expected_calls):
     def plant_operator(dataset):
-        dataset.OperatorsName = "Invented^Technologist"  # staff name kept: a warning
+        dataset.ImageComments = "ask Alice"  # a part of the patient's name: a warning
 
     verified(plant=plant_operator)
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "warn"

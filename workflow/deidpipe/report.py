@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from deidpipe.files import read_json, write_private_bytes
+from deidpipe.findings import EXAMPLE_FILES, group_findings
 from deidpipe.sheet import SessionRow
 from deidpipe.verify import WITHHELD
 
@@ -115,6 +116,8 @@ th { background: #e8e8e8; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 td.value { white-space: pre-wrap; font-family: ui-monospace, Consolas, monospace; }
 td { overflow-wrap: anywhere; }
+td.word { overflow-wrap: normal; }  /* names and tag paths: break between words only */
+td.files { min-width: 22rem; }
 table { max-width: 100%; }
 dd { overflow-wrap: anywhere; }
 dl.run { display: grid; grid-template-columns: max-content auto; gap: .15rem 1rem; }
@@ -147,11 +150,20 @@ class SafeHtml(str):
     """Markup built in this module from escaped parts; put into the page as it is."""
 
 
-class _Value:
+class _Cell:
+    """A cell with a CSS class (see STYLE) of its own."""
+
+    css = ""
+
+    def __init__(self, text: str, css: str = "") -> None:
+        self.text = text
+        self.css = css or self.css
+
+
+class _Value(_Cell):
     """A free-text value: shown in a monospace cell that keeps its spaces and line breaks."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    css = "value"
 
 
 def _escape(value: object) -> str:
@@ -175,8 +187,8 @@ def _table(headers: list[str], rows: Iterable[list[object]]) -> str:
         row_html = []
         for cell in cells:
             css = ' class="number"' if _is_number(cell) else ""
-            if isinstance(cell, _Value):
-                css, cell = ' class="value"', cell.text
+            if isinstance(cell, _Cell):
+                css, cell = f' class="{html.escape(cell.css)}"', cell.text
             row_html.append(f"<td{css}>{_escape(cell)}</td>")
         body.append(f"<tr>{''.join(row_html)}</tr>")
     return (f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)
@@ -300,30 +312,55 @@ def _sessions_section(batch: _Batch, results: str | Path) -> str:
     return _section("sessions", "Sessions", explanation, f"<ul>{legend}</ul>\n{table}")
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _example_files(group: dict[str, Any]) -> object:
+    """Up to three file names, one a line, then how many more; or that it is the session."""
+    examples = [str(file) for file in group.get("examples") or []]
+    files = int(group.get("files") or 0)
+    if not files:
+        return "none: about the whole session"
+    lines = examples[:EXAMPLE_FILES]
+    if files > len(lines):
+        lines.append(f"and {files - len(lines)} more")
+    return _Value("\n".join(lines), css="value files")
+
+
 def _findings_section(batch: _Batch) -> str:
     parts = []
     for index, report in enumerate(batch.reports):
-        findings = (report or {}).get("findings") or []
-        if not findings:
+        report = report or {}
+        findings = report.get("findings") or []
+        # Reports from before the groups: grouped here, the same way verification does.
+        groups = (report["finding_groups"] if "finding_groups" in report
+                  else group_findings(findings)) or []
+        if not findings and not groups:
             continue
-        findings = sorted(findings, key=lambda finding: FINDING_SEVERITY_ORDER.get(
-            finding.get("severity", ""), 2))
-        rows = [[_status_badge(str(finding.get("severity", ""))), finding.get("check", ""),
-                 finding.get("file", ""), finding.get("tag", ""),
-                 finding.get("source_attribute", ""), finding.get("source_file", ""),
-                 finding.get("message", "")] for finding in findings]
+        groups = sorted(groups, key=lambda group: FINDING_SEVERITY_ORDER.get(
+            group.get("severity", ""), 2))
+        rows = [[_status_badge(str(group.get("severity", ""))),
+                 *(_Cell(str(group.get(key, "")), css="word")
+                   for key in ("check", "tag", "source_attribute")),
+                 int(group.get("files") or 0), _example_files(group), group.get("message", "")]
+                for group in groups]
         status = str(batch.rows[index]["status"])
         parts.append(f'<h3 id="findings-row-{batch.rows[index]["row"]}">'
                      f'{_escape(batch.name(index))} (sessions.tsv row '
                      f'{_escape(batch.rows[index]["row"])}): {_status_badge(status)}, '
-                     f'{len(findings)} finding(s)</h3>\n'
-                     + _table(["Severity", "Check", "File", "Tag path", "Source attribute",
-                               "Source file", "Message"], rows))
+                     f'{_plural(len(findings), "finding")} in {_plural(len(groups), "group")}'
+                     '</h3>\n'
+                     + _table(["Severity", "Check", "Place (tag path)", "Source attribute",
+                               "Files", "Example files", "Message"], rows))
     body = "\n".join(parts) or _sentence("No session has findings.")
     explanation = (
         "What the checks found, per session; values are never shown, only where they are. "
-        "fail: fix the source or the profile, then run again. warn: look at the file named "
-        "and decide whether it may be shared; if not, fix the source or the profile and run "
+        "Findings of the same kind (same check, place, source attribute and message) are one "
+        "row, with the number of files and a few of them as examples; the session's "
+        "verification report (see Sessions above) lists every file. "
+        "fail: fix the source or the profile, then run again. warn: look at the files named "
+        "and decide whether they may be shared; if not, fix the source or the profile and run "
         "again.")
     return _section("findings", "Findings", explanation, body)
 

@@ -29,6 +29,7 @@ from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
+from deidpipe.findings import group_findings
 from deidpipe.identifiers import (
     IdentifierSet,
     Matcher,
@@ -565,15 +566,12 @@ def scan_raw_bytes(data: bytes, staged_read: StagedRead, name: str,
             element = span.element()
             if is_short_number(needle.folded) and element.VR in NUMERIC_VRS:
                 continue  # a measurement or UID component, as in the element scan
-            where, detail = tag_path(span.nesting, element), ""
+            where = tag_path(span.nesting, element)
         else:
-            where, detail = _unowned_place(offset, staged_read.pixel_end), f", at byte {offset}"
-        if (needle.attribute, where) in reported:
-            continue
-        reported.add((needle.attribute, where))
-        finding = _leak_finding(needle, name, where)
-        finding.message = finding.message.removesuffix(")") + f"{detail})"
-        context.add(finding)
+            where = _unowned_place(offset, staged_read.pixel_end)
+        if (needle.attribute, where) not in reported:
+            reported.add((needle.attribute, where))
+            context.add(_leak_finding(needle, name, where))
 
 
 def _unowned_place(offset: int, pixel_end: int | None) -> str:
@@ -1019,6 +1017,7 @@ def verify_session(
         write_phi_log(phi_log_path, context.phi_rows)
         shown_phi_log = (str(Path(phi_log_dir)) + " (file name withheld: a label holds an "
                          "identifier)" if flagged else str(phi_log_path))
+    findings = [finding.as_dict() for finding in context.findings]
     report = {
         "session": shown_labels,
         "status": status,
@@ -1032,7 +1031,10 @@ def verify_session(
                           "findings": sum(f.check == name for f in context.findings),
                           "looks_for": check.description}
                    for name, check in CHECKS.items()},
-        "findings": [finding.as_dict() for finding in context.findings],
+        "findings": findings,
+        # The same findings, one entry per kind and place with every file listed: what the
+        # report page shows (a name in 2,000 files is one row, not 2,000).
+        "finding_groups": group_findings(findings),
         "private_tags": private_tags,
         "burned_in": context.burned_in_flags,
         "free_text": [{"attribute": attribute, "tag": tag, "value": value, "files": files}
