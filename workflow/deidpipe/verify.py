@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 
 from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
+from deidpipe.documents import document_text
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
 from deidpipe.findings import group_findings
@@ -189,6 +190,7 @@ class SessionContext:
     basic_profile: Counter[tuple[int, str]] = field(default_factory=Counter)
     changes: Counter[tuple[int, str]] = field(default_factory=Counter)
     burned_in_flags: list[dict[str, str]] = field(default_factory=list)
+    documents: list[dict[str, Any]] = field(default_factory=list)
     phi_rows: list[list[str]] | None = None
 
     def active(self, check: str) -> bool:
@@ -542,6 +544,36 @@ def _shown_private_value(text: str) -> str:
     return value if len(value) <= MAX_PRIVATE_VALUE else value[:MAX_PRIVATE_VALUE] + "…"
 
 
+def scan_document(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """An encapsulated document (PDF, CDA...): its text, inflated and decoded, goes through
+    the matcher; the document is listed for a person to read either way, because a scanned
+    form is an image inside the PDF that no text scan sees."""
+    document = document_text(dataset)
+    if document is None:
+        return
+    place = f"EncapsulatedDocument (0042,0011) > {document.kind}"
+    found = context.matcher.find_in_texts([text for _where, text in document.texts])
+    for index, needles in sorted(found.items()):
+        for needle in needles:
+            context.add(_leak_finding(needle, name, f"{place} {document.texts[index][0]}"))
+    pages = ""
+    if document.pages:
+        pages = f" of {document.pages} page(s)"
+        if document.pages_without_text:
+            pages += (f", {document.pages_without_text} without text (scanned, most likely: "
+                      "only a person can read those)")
+    message = (f"an encapsulated {document.kind} document{pages}: read it before it is shared "
+               "(its text was also searched for identifiers)")
+    if document.problem:
+        message += f"; not all of it could be read: {document.problem}"
+    context.add(Finding("encapsulated_document", name, "EncapsulatedDocument (0042,0011)",
+                        message))
+    context.documents.append({"file": name, "kind": document.kind,
+                              "mime_type": document.mime_type, "pages": document.pages,
+                              "pages_without_text": document.pages_without_text,
+                              "problem": document.problem})
+
+
 def _leak_finding(needle: Needle, name: str, where: str) -> Finding:
     what = {"identifier": f"holds the source's {needle.attribute}",
             "name_part": f"holds a part of the source's {needle.attribute}",
@@ -891,6 +923,7 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
         check_profile_actions(dataset, name, context)
         check_deidentification_method(dataset, name, context)
         places_found = scan_elements(dataset, name, context)
+        scan_document(dataset, name, context)
         check_patient_age(dataset, name, context)
         if not problem:
             try:
@@ -912,7 +945,8 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
 COUNTED_TALLIES = ("private_creators", "private_creator_files", "free_text", "basic_profile",
                    "changes", "private_verdicts", "private_review_files", "private_values",
                    "private_withheld")
-TALLIES = ("findings", "free_text_withheld", "burned_in_flags", "phi_rows", *COUNTED_TALLIES)
+TALLIES = ("findings", "free_text_withheld", "burned_in_flags", "documents", "phi_rows",
+           *COUNTED_TALLIES)
 _worker_extra_keywords: tuple[str, ...] = ()
 _worker_context: SessionContext | None = None
 
@@ -952,6 +986,7 @@ def _verify_in_worker(entry: dict[str, Any]) -> dict[str, Any]:
 def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
     context.findings.extend(tallies["findings"])
     context.burned_in_flags.extend(tallies["burned_in_flags"])
+    context.documents.extend(tallies["documents"])
     if context.phi_rows is not None:
         context.phi_rows.extend(tallies["phi_rows"])
     for name in COUNTED_TALLIES:
@@ -1037,6 +1072,7 @@ def verify_session(
         "finding_groups": group_findings(findings),
         "private_tags": private_tags,
         "burned_in": context.burned_in_flags,
+        "documents": context.documents,
         "free_text": [{"attribute": attribute, "tag": tag, "value": value, "files": files}
                       for (attribute, tag, value), files in sorted(context.free_text.items())],
         "free_text_withheld": len(context.free_text_withheld),
