@@ -126,8 +126,18 @@ WARN_REPORT = new_report(
               {"check": "burned_in_risk", "severity": "warn", "file": "1-SC/1.2.3.SC.dcm",
                "tag": "", "message": "secondary capture: look for burned-in text",
                "source_file": "dicom/sc.dcm"}],
-    private_tags={"policy": "warn", "elements": 4, "creators": [
-        {"creator": "GEMS_IDEN_01", "group": "0009", "elements": 4, "files": 2}]},
+    private_tags={"policy": "warn", "elements": 4, "known_safe": 1, "no_text": 1,
+                  "to_review": 2,
+                  "knowledge_base": {"name": "TCIA Posda private tag dispositions",
+                                     "version": "PosdaTools 0377dd9, April 2025",
+                                     "rows": 5055},
+                  "creators": [
+                      {"creator": "GEMS_IDEN_01", "group": "0009", "elements": 4, "files": 2}],
+                  "review": [{"creator": "GEMS_IDEN_01", "group": "0009",
+                              "element": "(0009,xx02)", "name": "SuiteId", "vr": "SH",
+                              "knowledge_base": "TCIA deletes it", "files": 2,
+                              "values": [{"value": "CT01", "files": 2}], "more_values": 0,
+                              "values_withheld": 1}]},
     burned_in=[{"file": "1-SC/1.2.3.SC.dcm", "reason": "secondary capture", "severity": "warn"}],
     free_text=[{"attribute": "SeriesDescription", "tag": "(0008,103E)", "value": "T1w MPRAGE",
                 "files": 2},
@@ -361,9 +371,18 @@ def test_free_text_is_aggregated_sorted_and_withheld_values_counted(batch):
 def test_private_tags_burned_in_audit_changes_and_phi_log(batch):
     dom = parse(batch[0].read_text(encoding="utf-8"))
     warn_session = f"{GROUP}/{PROJECT}/sub-002/ses-01"
-    assert dom.by_id("private-tags").table_rows() == [
-        [warn_session, "GEMS_IDEN_01", "0009", "4", "2"]]
-    assert "Policy for private tags in this run: warn" in dom.by_id("private-tags").text()
+    private_tags = dom.by_id("private-tags")
+    assert private_tags.table_rows() == [
+        [warn_session, "GEMS_IDEN_01", "(0009,xx02)", "SuiteId", "SH", "TCIA deletes it", "2",
+         "CT01   (2 file(s))\n(1 value(s) not shown: they hold an identifier, see Findings)"]]
+    all_creators = list(private_tags.iter("table"))[1]
+    assert [[cell.text() for cell in row.iter("td")] for row in all_creators.iter("tr")
+            if list(row.iter("td"))] == [[warn_session, "GEMS_IDEN_01", "0009", "4", "2"]]
+    assert "Policy for private tags in this run: warn" in private_tags.text()
+    assert ("TCIA Posda private tag dispositions (PosdaTools 0377dd9, April 2025, 5055 "
+            "elements)") in private_tags.text()
+    assert "of 4 private element(s), 1 are known to be safe and 1 hold no text" in (
+        " ".join(private_tags.text().split()))
     assert dom.by_id("burned-in").table_rows() == [
         [warn_session, "1-SC/1.2.3.SC.dcm", "secondary capture", "warn"]]
     audit = dom.by_id("basic-profile-audit")

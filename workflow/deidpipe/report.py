@@ -395,24 +395,61 @@ def _free_text_section(batch: _Batch) -> str:
 
 
 def _private_tags_section(batch: _Batch) -> str:
-    rows = []
-    policies = set()
+    review_rows: list[list[object]] = []
+    creator_rows: list[list[object]] = []
+    policies: set[str] = set()
+    knowledge_bases: set[str] = set()
+    counted = {"known_safe": 0, "no_text": 0, "to_review": 0, "elements": 0}
     for name, report in batch.verified():
         private_tags = report.get("private_tags") or {}
         if "policy" in private_tags:
             policies.add(str(private_tags["policy"]))
-        rows += [[name, creator.get("creator", ""), creator.get("group", ""),
-                  creator.get("elements", 0), creator.get("files", "")]
-                 for creator in private_tags.get("creators") or []]
-    body = (_table(["Session", "Private creator", "Group", "Elements", "Files"], rows) if rows
-            else _sentence("No private tags remain."))
+        base = private_tags.get("knowledge_base") or {}
+        if base:
+            knowledge_bases.add(f"{base.get('name', '')} ({base.get('version', '')}, "
+                                f"{base.get('rows', '')} elements)")
+        for key in counted:
+            counted[key] += int(private_tags.get(key) or 0)
+        for entry in private_tags.get("review") or []:
+            values = [f"{value.get('value', '')}   ({value.get('files', 0)} file(s))"
+                      for value in entry.get("values") or []]
+            if entry.get("more_values"):
+                values.append(f"… and {entry['more_values']} more distinct value(s)")
+            if entry.get("values_withheld"):
+                values.append(f"({entry['values_withheld']} value(s) not shown: they hold an "
+                              "identifier, see Findings)")
+            review_rows.append([name, entry.get("creator", ""), entry.get("element", ""),
+                                entry.get("name", "") or "(unknown)", entry.get("vr", ""),
+                                entry.get("knowledge_base", ""), entry.get("files", 0),
+                                _Value("\n".join(values))])
+        creator_rows += [[name, creator.get("creator", ""), creator.get("group", ""),
+                          creator.get("elements", 0), creator.get("files", "")]
+                         for creator in private_tags.get("creators") or []]
+    if review_rows:
+        body = ("<h3>Private elements to read</h3>\n"
+                + _table(["Session", "Private creator", "Element", "Name", "VR",
+                          "Knowledge base", "Files", "Distinct values"], review_rows))
+    elif creator_rows:
+        body = _sentence("No private element needs reading: every one is known to be safe or "
+                         "holds no text.")
+    else:
+        body = _sentence("No private tags remain.")
+    if creator_rows:
+        body += ("\n<h3>All private creators</h3>\n"
+                 + _table(["Session", "Private creator", "Group", "Elements", "Files"],
+                          creator_rows))
     policy = ", ".join(sorted(policies)) or "not known"
+    knowledge_base = "; ".join(sorted(knowledge_bases)) or "not recorded in these reports"
     explanation = (
         "Private tags are vendor-specific elements that the profile leaves untouched, so they "
-        "may hold anything. Ask the scanner vendor or look in the files that none holds a name, "
-        "ID or date; if one might, have the profile remove private tags and run again. "
-        f"Policy for private tags in this run: {policy} (keep: allowed without a warning; "
-        "warn: the session warns; fail: the session fails).")
+        "may hold anything. Each is judged against the knowledge base of The Cancer Imaging "
+        f"Archive's curators ({knowledge_base}): of {counted['elements']} private element(s), "
+        f"{counted['known_safe']} are known to be safe and {counted['no_text']} hold no text "
+        f"(numbers, binary data). The {counted['to_review']} that hold text and are not known "
+        "to be safe are listed below with their distinct values: read them; if one holds a "
+        "name, ID or date, have the profile remove private tags (or that element) and run "
+        f"again. Policy for private tags in this run: {policy} (keep: listed without a "
+        "warning; warn: the session warns; fail: the session fails).")
     return _section("private-tags", "Private tags", explanation,
                     body + batch.older_reports_note("private_tags"))
 
