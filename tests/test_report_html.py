@@ -374,7 +374,8 @@ def test_private_tags_burned_in_audit_changes_and_phi_log(batch):
     private_tags = dom.by_id("private-tags")
     assert private_tags.table_rows() == [
         [warn_session, "GEMS_IDEN_01", "(0009,xx02)", "SuiteId", "SH", "TCIA deletes it", "2",
-         "CT01   (2 file(s))\n(1 value(s) not shown: they hold an identifier, see Findings)"]]
+         "CT01   (2 file(s))\n(the values in 1 file(s) are not shown: they hold an "
+         "identifier, see Findings)"]]
     all_creators = list(private_tags.iter("table"))[1]
     assert [[cell.text() for cell in row.iter("td")] for row in all_creators.iter("tr")
             if list(row.iter("td"))] == [[warn_session, "GEMS_IDEN_01", "0009", "4", "2"]]

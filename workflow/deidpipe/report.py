@@ -416,8 +416,8 @@ def _private_tags_section(batch: _Batch) -> str:
             if entry.get("more_values"):
                 values.append(f"… and {entry['more_values']} more distinct value(s)")
             if entry.get("values_withheld"):
-                values.append(f"({entry['values_withheld']} value(s) not shown: they hold an "
-                              "identifier, see Findings)")
+                values.append(f"(the values in {entry['values_withheld']} file(s) are not "
+                              "shown: they hold an identifier, see Findings)")
             review_rows.append([name, entry.get("creator", ""), entry.get("element", ""),
                                 entry.get("name", "") or "(unknown)", entry.get("vr", ""),
                                 entry.get("knowledge_base", ""), entry.get("files", 0),

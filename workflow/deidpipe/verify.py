@@ -858,8 +858,8 @@ def report_private_tags(context: SessionContext) -> dict[str, Any]:
                    f"to be safe hold text: {distinct_values} distinct value(s) to read in the "
                    "report's list of private elements")
         if withheld:
-            message += (f"; {withheld} value(s) are not shown there because they hold an "
-                        "identifier (see the identifier findings)")
+            message += (f"; the values in {withheld} file(s) are not shown there because "
+                        "they hold an identifier (see the identifier findings)")
         safe = total - context.private_verdicts["review"]
         message += (f". The other {safe} of {total} private element(s) are known to be safe "
                     "or hold no text")
