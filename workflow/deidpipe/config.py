@@ -11,7 +11,7 @@ from deidpipe.schema import apply_defaults, schema_problems
 
 BOOLEAN_KEYS = ("upload", "reupload", "upload_warned")
 TEXT_KEYS = ("group", "project", "sessions", "profile", "staging", "results", "fw",
-             "upload_command", "ledger", "phi_log")
+             "upload_command", "ledger", "phi_log", "approvals")
 TRUE_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 

@@ -87,6 +87,11 @@ CHECKS: dict[str, Check] = {
     "labels": Check("fail", "subject and session labels hold no identifier"),
     "patient_age": Check("fail", "no staged PatientAge is 90 years or more (HIPAA Safe Harbor "
                          "counts such ages as identifiers)"),
+    "burned_in_text": Check("fail", "no text read in the pixels (OCR) holds an identifier of "
+                            "the source"),
+    "burned_in_text_review": Check("warn", "text read in the pixels that matches no "
+                                   "identifier, and images that could not be decoded for OCR, "
+                                   "are listed for a person to look at"),
     "burned_in_annotation": Check("fail", "no staged image says BurnedInAnnotation = YES"),
     "burned_in_risk": Check("warn", "images of classes where burned-in text is common "
                             "(secondary capture, ultrasound, screen saves, dose reports) "

@@ -57,7 +57,8 @@ SESSION_PATH = "{group}/{project}/{subject}/{session}"
 # folder, not in results.
 MANIFEST = f"{STAGING}/{SESSION_PATH}.manifest.json"
 VERIFY_SETTINGS = json.dumps({key: config[key]
-                              for key in ("checks", "identifier_attributes", "phi_log")},
+                              for key in ("checks", "identifier_attributes", "phi_log",
+                                          "ocr")},
                              sort_keys=True)
 
 LABEL = r"[A-Za-z0-9._-]+"
