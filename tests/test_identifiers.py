@@ -153,3 +153,33 @@ def test_name_forms_leave_out_prefix_and_suffix():
     full, parts = name_forms("Testperson^Alice^Q^Dr^Jr")
     assert ("alice", "testperson") in full and ("alice", "q", "testperson") in full
     assert parts == ["testperson", "alice"]
+
+
+def ocr_found(matcher: Matcher, text: str) -> set[tuple[str, str]]:
+    return {(needle.attribute, needle.kind) for needle in matcher.find_in_ocr_text(text)}
+
+
+@pytest.mark.parametrize("text, attribute", [
+    ("TESTPERSON^ALICE", "PatientName"), ("TE5TPERS0N ALICE", "PatientName"),
+    ("ALICETESTPERSON", "PatientName"), ("Name:TESTPERS0N,ALICE", "PatientName"),
+    ("A. TESTPERSON", "PatientName"), ("MRN4O417723", "PatientID"), ("MRN404I7723", "PatientID"),
+    ("ID:MRN40417723", "PatientID"), ("DOB 23-5EP-1958", "PatientBirthDate"),
+    ("09/23/1958", "PatientBirthDate"), ("I9580923", "PatientBirthDate")])
+def test_ocr_text_is_matched_through_ocr_confusions(text, attribute):
+    matcher = matcher_for(PatientName="Testperson^Alice^Q", PatientID="MRN40417723",
+                          PatientBirthDate="19580923")
+    assert (attribute, "identifier") in ocr_found(matcher, text)
+
+
+def test_ocr_text_run_together_still_holds_each_identifier():
+    matcher = matcher_for(PatientID="MRN40417723", PatientBirthDate="19580923")
+    assert ocr_found(matcher, "MRN4041772323-SEP-1958") == {
+        ("PatientID", "identifier"), ("PatientBirthDate", "identifier")}
+
+
+@pytest.mark.parametrize("text", ["R", "L", "T1 AX 5mm", "SE 4 IM 12", "W 400 L 40", "10 cm",
+                                  "2019580923", "x4041y", "ALICE"])
+def test_ocr_controls_match_no_identifier(text):
+    matcher = matcher_for(PatientName="Testperson^Alice^Q", PatientBirthDate="19580923",
+                          OtherPatientIDs="4041")
+    assert {kind for _attribute, kind in ocr_found(matcher, text)} <= {"name_part"}

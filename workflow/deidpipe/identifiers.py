@@ -344,6 +344,32 @@ class Matcher:
                 start = folded.find(target, start + 1)
         return {index: _strongest_per_attribute(needles) for index, needles in found.items()}
 
+    def find_in_ocr_text(self, text: str) -> list[Needle]:
+        """Needles in text read from pixels, tolerant of OCR's confusions (O/0, I/1/l, S/5,
+        B/8...) and dropped spaces: a needle of six characters or more may sit inside a
+        recognised token (one that holds letters even beside digits, as OCR runs 'MRN40417723
+        23-SEP-1958' together; an all-digit one never inside a longer run of digits); a
+        shorter one must be a whole token. Initials are not told apart by case here (OCR's
+        case is unreliable)."""
+        tokens = tokens_of(text)
+        folded = "".join(tokens)
+        canonical = ocr_fold(folded)
+        token_ends = {0, *accumulate(map(len, tokens))}
+        found: list[Needle] = []
+        for target, needle in self.by_folded.items():
+            pattern = ocr_fold(target)
+            glued = len(target) >= OCR_GLUED_MIN_CHARACTERS
+            start = canonical.find(pattern)
+            while start >= 0:
+                end = start + len(pattern)
+                if (not is_short_number(target) or self._same_layout(target, start, token_ends)
+                        ) and (_bounded(folded, start, end, token_ends, glued) or (
+                            glued and not target.isdigit())):
+                    found.append(needle)
+                    break
+                start = canonical.find(pattern, start + 1)
+        return _strongest_per_attribute(found)
+
     def _same_layout(self, target: str, start: int, token_ends: set[int]) -> bool:
         """A short number matches only as the same tokens ('1234', or '12-34' as written),
         not as a run of other numbers that happen to join into it ('1.2.3.4' in a UID)."""
@@ -359,6 +385,18 @@ class Matcher:
                 for offset in _find_bounded(lowered, form, is_short_number(needle.folded),
                                             needle.may_be_glued)}
         return sorted(hits, key=lambda hit: (hit[1], hit[0].folded))
+
+
+# What OCR confuses, folded to one character on both sides: O/0, I/l/1, S/5, B/8, Z/2, G/6.
+OCR_CONFUSIONS = str.maketrans({"o": "0", "i": "1", "l": "1", "s": "5", "b": "8", "z": "2",
+                                "g": "6"})
+# OCR drops spaces: a needle at least this long is looked for inside a recognised token too.
+OCR_GLUED_MIN_CHARACTERS = 6
+
+
+def ocr_fold(text: str) -> str:
+    """Folded text with OCR's usual confusions mapped to one character."""
+    return text.translate(OCR_CONFUSIONS)
 
 
 def is_short_number(folded: str) -> bool:
