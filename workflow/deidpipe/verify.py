@@ -39,9 +39,18 @@ from deidpipe.identifiers import (
     is_short_number,
     iter_elements,
 )
+from deidpipe.ocr import (
+    PixelDecodeError,
+    engine_description,
+    frames_to_read,
+    read_text,
+    thumbnail_png,
+    viewable_frames,
+)
 from deidpipe.parallel import map_in_workers
 from deidpipe.private_knowledge import load_knowledge_base, path_segment
 from deidpipe.profile import Profile, load_profile
+from deidpipe.review import ReviewImage, ReviewText, review_page_path, write_review_page
 from deidpipe.stage import list_source_files
 
 WITHHELD = "(withheld: holds an identifier)"
@@ -196,6 +205,13 @@ class SessionContext:
     changes: Counter[tuple[int, str]] = field(default_factory=Counter)
     burned_in_flags: list[dict[str, str]] = field(default_factory=list)
     documents: list[dict[str, Any]] = field(default_factory=list)
+    # OCR: the files chosen (staged name -> is its series' thumbnail), frames chosen in each,
+    # and what it read.
+    ocr_plan: dict[str, bool] = field(default_factory=dict)
+    ocr_sample: tuple[str, ...] = ("first", "middle", "last")
+    ocr_counts: Counter[str] = field(default_factory=Counter)
+    pixel_text: list[dict[str, Any]] = field(default_factory=list)
+    review_images: list[ReviewImage] = field(default_factory=list)
     phi_rows: list[list[str]] | None = None
 
     def active(self, check: str) -> bool:
@@ -745,10 +761,12 @@ def _logged_value(dataset: Dataset, tag: Any) -> str:
         return "(cannot be read)"
 
 
-def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> None:
+def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> bool:
+    """Flag images of classes where text is often burned in; True if this one is such."""
     if context.burned_in is None:
-        return
-    for flag in context.burned_in.flags(dataset):
+        return False
+    flags = context.burned_in.flags(dataset)
+    for flag in flags:
         if context.active(flag.check):
             advice = ("open the image and look for names, IDs or dates in the pixels before "
                       "it is shared, or leave the series out")
@@ -758,6 +776,129 @@ def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> Non
             context.add(Finding(flag.check, name, "pixel data (burned-in text)", message))
             context.burned_in_flags.append({"file": name, "reason": flag.reason,
                                             "severity": context.severities[flag.check]})
+    return bool(flags)
+
+
+# ---- text burned into the pixels (OCR) -------------------------------------------------------
+
+OCR_CHECKS = ("burned_in_text", "burned_in_text_review")
+OCR_ALL_FRAMES = ("first", "middle", "last")
+# Recognised text with fewer letters and digits than this (an orientation letter 'R', a '5')
+# is counted but not listed: it cannot hold an identifier the matcher could find.
+MIN_OCR_CHARACTERS = 3
+MAX_REVIEW_IMAGES = 500  # thumbnails kept for the review page (its cards are capped too)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What choosing images for OCR needs of a source file (from its header)."""
+
+    series: str
+    instance: int | None
+    frames: int
+    has_pixels: bool
+
+
+def ocr_plan(entries: list[dict[str, Any]], infos: list[ImageInfo | None],
+             sample: tuple[str, ...]) -> dict[str, bool]:
+    """The staged files OCR reads in every session (the ``sample`` of each series by
+    InstanceNumber), each mapped to whether it is its series' thumbnail for the review page.
+    Files at risk of burned-in text are read too; that is decided file by file."""
+    series: dict[str, list[tuple[int, int, str]]] = {}
+    for order, (entry, info) in enumerate(zip(entries, infos, strict=True)):
+        if info is not None and info.has_pixels:
+            instance = info.instance if info.instance is not None else order
+            series.setdefault(info.series, []).append((instance, order, entry["staged"]))
+    plan: dict[str, bool] = {}
+    for members in series.values():
+        members.sort()
+        picked = [members[index][2] for index in frames_to_read(len(members), sample)]
+        for position, staged in enumerate(picked):
+            plan[staged] = position == 0
+    return plan
+
+
+def _image_region(box: tuple[tuple[int, int], ...], width: int, height: int) -> str:
+    """Where in the image a text box is, in words: 'top left', 'middle', 'bottom right'."""
+    x = sum(point[0] for point in box) / len(box) / max(width, 1)
+    y = sum(point[1] for point in box) / len(box) / max(height, 1)
+    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
+    column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
+    return "middle" if (row, column) == ("middle", "centre") else f"{row} {column}"
+
+
+def read_burned_in_text(dataset: Dataset, staged: str, name: str, at_risk: bool,
+                        context: SessionContext) -> None:
+    """OCR the chosen frames of one staged image and match what it reads against the
+    session's identifiers: a match fails, other text and images that cannot be decoded are
+    for a person to look at. Thumbnails go to the review page beside the staged session."""
+    if not any(context.active(check) for check in OCR_CHECKS) or "PixelData" not in dataset:
+        return
+    frames_in_file = _frames(dataset)
+    context.ocr_counts["images"] += 1
+    context.ocr_counts["frames"] += frames_in_file
+    is_thumbnail = context.ocr_plan.get(staged)
+    if not at_risk and is_thumbnail is None:
+        return
+    frames = frames_to_read(frames_in_file, OCR_ALL_FRAMES if at_risk else context.ocr_sample)
+    series = staged.rpartition("/")[0]
+    reasons_of_file = ["at risk of burned-in text"] if at_risk else []
+    try:
+        images = viewable_frames(dataset, frames)
+    except PixelDecodeError as error:
+        context.ocr_counts["not_decoded"] += len(frames)
+        context.add(Finding("burned_in_text_review", name, "pixel data",
+                            f"{error}: OCR could not read this image, so open it and look for "
+                            "names, IDs or dates before it is shared"))
+        context.review_images.append(ReviewImage(staged, frames[0], series, (
+            *reasons_of_file, "could not be decoded"), b"", (), str(error)))
+        return
+    for frame, image in zip(frames, images, strict=True):
+        context.ocr_counts["read"] += 1
+        height, width = image.shape[:2]
+        boxes = [box for box in read_text(image)
+                 if sum(character.isalnum() for character in box.text) >= MIN_OCR_CHARACTERS]
+        where = "pixel data" + (f", frame {frame + 1} of {frames_in_file}"
+                                if frames_in_file > 1 else "")
+        texts = []
+        for box in boxes:
+            region = _image_region(box.box, width, height)
+            needles = context.matcher.find_in_ocr_text(box.text)
+            for needle in needles:
+                check = ("burned_in_text_review" if needle.kind == "name_part"
+                         else "burned_in_text")
+                what = {"identifier": f"holds the source's {needle.attribute}",
+                        "staff_name": f"holds the name in the source's {needle.attribute}",
+                        "name_part": f"holds a part of the source's {needle.attribute}"}
+                context.add(Finding(check, name, f"{where}, text at the {region}",
+                                    f"text burned into the image {what[needle.kind]} (value "
+                                    "not shown); see the review page", needle.attribute))
+            if not needles:
+                context.pixel_text.append({"file": name, "frame": frame + 1, "region": region,
+                                           "text": box.text})
+            texts.append(ReviewText(box.text, needles[0].attribute if needles else "",
+                                    box.box))
+        unmatched = [text for text in texts if not text.matched]
+        if unmatched:
+            context.add(Finding("burned_in_text_review", name, where,
+                                "text burned into the image matches no identifier of the "
+                                "source: read it on the review page (it can be a name the "
+                                "header never held)"))
+        if texts:
+            context.ocr_counts["with_text"] += 1
+        if any(text.matched for text in texts):
+            context.ocr_counts["matched"] += 1
+        reasons = [*reasons_of_file]
+        if any(text.matched for text in texts):
+            reasons.append("matches an identifier")
+        elif texts:
+            reasons.append("text found")
+        if is_thumbnail and frame == frames[0]:
+            reasons.append("series sample")
+        if reasons:
+            context.review_images.append(ReviewImage(
+                staged, frame, series, tuple(reasons),
+                thumbnail_png(image, [box for box in boxes]), tuple(texts)))
 
 
 # ---- session checks --------------------------------------------------------------------------
@@ -936,7 +1077,9 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
             except READ_ERRORS as error:
                 context.add(Finding("integrity", name, "", "the pixel data could not be "
                                     f"compared with the source's ({type(error).__name__})"))
-        check_burned_in(dataset, name, context)
+        at_risk = check_burned_in(dataset, name, context)
+        if not problem:
+            read_burned_in_text(dataset, entry["staged"], name, at_risk, context)
         for tag, action in populated_basic_profile_tags(dataset):
             context.basic_profile[(tag, action)] += 1
     scan_raw_bytes(data, staged_read, name, places_found, context)
@@ -950,7 +1093,9 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
 COUNTED_TALLIES = ("private_creators", "private_creator_files", "free_text", "basic_profile",
                    "changes", "private_verdicts", "private_review_files", "private_values",
                    "private_withheld")
-TALLIES = ("findings", "free_text_withheld", "burned_in_flags", "documents", "phi_rows",
+COUNTED_TALLIES = (*COUNTED_TALLIES, "ocr_counts")
+LISTED_TALLIES = ("findings", "burned_in_flags", "documents", "pixel_text")
+TALLIES = ("free_text_withheld", "phi_rows", "review_images", *LISTED_TALLIES,
            *COUNTED_TALLIES)
 _worker_extra_keywords: tuple[str, ...] = ()
 _worker_context: SessionContext | None = None
@@ -961,16 +1106,27 @@ def _start_identifier_worker(extra_keywords: tuple[str, ...]) -> None:
     _worker_extra_keywords = extra_keywords
 
 
-def _identifiers_of_source(path: str) -> IdentifierSet:
-    """The identifying values of one source file (kept in memory only, never written)."""
+def _identifiers_of_source(path: str) -> tuple[IdentifierSet, ImageInfo | None]:
+    """The identifying values of one source file (kept in memory only, never written), and
+    what choosing its images for OCR needs."""
     found = IdentifierSet(_worker_extra_keywords)
-    dataset, _image_start = _read_source_header(Path(path))
-    if dataset is not None:
-        try:
-            found.add_dataset(dataset)
-        except READ_ERRORS:
-            pass  # a damaged element: the values read before it are kept
-    return found
+    dataset, image_start = _read_source_header(Path(path))
+    if dataset is None:
+        return found, None
+    try:
+        found.add_dataset(dataset)
+    except READ_ERRORS:
+        pass  # a damaged element: the values read before it are kept
+    try:
+        instance = int(dataset.get("InstanceNumber"))
+    except (TypeError, ValueError, READ_ERRORS[0]):
+        instance = None
+    try:
+        info = ImageInfo(str(dataset.get("SeriesInstanceUID", "")), instance, _frames(dataset),
+                         has_pixels=image_start < Path(path).stat().st_size)
+    except READ_ERRORS:
+        info = None
+    return found, info
 
 
 def _start_verify_worker(context: SessionContext) -> None:
@@ -989,9 +1145,10 @@ def _verify_in_worker(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
-    context.findings.extend(tallies["findings"])
-    context.burned_in_flags.extend(tallies["burned_in_flags"])
-    context.documents.extend(tallies["documents"])
+    for name in LISTED_TALLIES:
+        getattr(context, name).extend(tallies[name])
+    room = MAX_REVIEW_IMAGES - len(context.review_images)
+    context.review_images.extend(tallies["review_images"][:max(room, 0)])
     if context.phi_rows is not None:
         context.phi_rows.extend(tallies["phi_rows"])
     for name in COUNTED_TALLIES:
@@ -1025,11 +1182,17 @@ def verify_session(
         identifiers=IdentifierSet(tuple(settings.get("identifier_attributes", ()))))
     source_paths = [str(context.dicom_dir / entry["source"]) for entry in
                     context.manifest["files"]]
-    for found in map_in_workers(_identifiers_of_source, source_paths, threads,
-                                _start_identifier_worker, (context.identifiers.extra_keywords,)):
+    infos = []
+    for found, info in map_in_workers(_identifiers_of_source, source_paths, threads,
+                                      _start_identifier_worker,
+                                      (context.identifiers.extra_keywords,)):
         context.identifiers.merge(found)
+        infos.append(info)
     context.matcher = context.identifiers.matcher()
-    if severities["burned_in_annotation"] != "off" or severities["burned_in_risk"] != "off":
+    context.ocr_sample = tuple((settings.get("ocr") or {}).get("sample", OCR_ALL_FRAMES))
+    context.ocr_plan = ocr_plan(context.manifest["files"], infos, context.ocr_sample)
+    if any(severities[check] != "off" for check in (
+            "burned_in_annotation", "burned_in_risk", *OCR_CHECKS)):
         context.burned_in = BurnedInScreen(use_filter_list=severities["burned_in_risk"] != "off")
     phi_log_dir = settings.get("phi_log") or ""
     if phi_log_dir:
@@ -1041,6 +1204,13 @@ def verify_session(
                                   _start_verify_worker, (context,)):
         _merge_tallies(context, tallies)
     private_tags = report_private_tags(context)
+    ocr_active = any(context.active(check) for check in OCR_CHECKS)
+    review_page = review_page_path(Path(manifest_path))
+    if ocr_active:
+        ocr_counts = {key: context.ocr_counts[key] for key in (
+            "images", "frames", "read", "with_text", "matched", "not_decoded")}
+        title = "/".join(labels[key] for key in ("group", "project", "subject", "session"))
+        write_review_page(review_page, title, context.review_images, ocr_counts)
     status = max((finding.severity for finding in context.findings),
                  key=SEVERITY_ORDER.__getitem__, default="pass")
     counts = context.manifest["counts"]
@@ -1077,6 +1247,12 @@ def verify_session(
         "finding_groups": group_findings(findings),
         "private_tags": private_tags,
         "burned_in": context.burned_in_flags,
+        "ocr": ({"engine": engine_description(), "sample": list(context.ocr_sample),
+                 **ocr_counts} if ocr_active else None),
+        "pixel_text": context.pixel_text,
+        # The review page shows the images as they will be uploaded: it stays in staging.
+        "review_page": (None if not ocr_active else WITHHELD if flagged
+                        else str(review_page)),
         "documents": context.documents,
         "free_text": [{"attribute": attribute, "tag": tag, "value": value, "files": files}
                       for (attribute, tag, value), files in sorted(context.free_text.items())],
