@@ -786,7 +786,7 @@ OCR_ALL_FRAMES = ("first", "middle", "last")
 # Recognised text with fewer letters and digits than this (an orientation letter 'R', a '5')
 # is counted but not listed: it cannot hold an identifier the matcher could find.
 MIN_OCR_CHARACTERS = 3
-MAX_REVIEW_IMAGES = 500  # thumbnails kept for the review page (its cards are capped too)
+MAX_REVIEW_IMAGES = 1000  # thumbnails kept for the review page (it shows 500 at most)
 
 
 @dataclass(frozen=True)
@@ -1147,8 +1147,12 @@ def _verify_in_worker(entry: dict[str, Any]) -> dict[str, Any]:
 def _merge_tallies(context: SessionContext, tallies: dict[str, Any]) -> None:
     for name in LISTED_TALLIES:
         getattr(context, name).extend(tallies[name])
-    room = MAX_REVIEW_IMAGES - len(context.review_images)
-    context.review_images.extend(tallies["review_images"][:max(room, 0)])
+    # Images whose text matches an identifier are always kept; of the others, enough for
+    # the page to show its 500 cards and say that more were left out.
+    for image in tallies["review_images"]:
+        if "matches an identifier" in image.reasons or (
+                len(context.review_images) < MAX_REVIEW_IMAGES):
+            context.review_images.append(image)
     if context.phi_rows is not None:
         context.phi_rows.extend(tallies["phi_rows"])
     for name in COUNTED_TALLIES:
