@@ -357,6 +357,10 @@ class Trash:
 
 # ---- the project's commands ------------------------------------------------------------------
 
+# Verification settings with the two OCR checks off (what OCR costs is the difference).
+OCR_OFF = json.dumps({"checks": {"burned_in_text": "off", "burned_in_text_review": "off"}})
+
+
 def deidpipe(*arguments: str | Path) -> list[str | Path]:
     return [sys.executable, "-m", "deidpipe", *arguments]
 
@@ -374,13 +378,13 @@ def stage_command(session: Path, profile: Path, out: Path, threads: int) -> list
 
 
 def verify_command(session: Path, profile: Path, staged: Path, reports: Path, threads: int,
-                   with_threads: bool) -> list[str | Path]:
+                   with_threads: bool, settings: str = "{}") -> list[str | Path]:
     command = deidpipe("verify", "--dicom-dir", session, "--staged-dir", staged / session.name,
                        "--manifest", staged / f"{session.name}.manifest.json",
                        "--profile", profile, "--report", reports / f"{session.name}.json",
                        "--group", "bench", "--project", "deid-bench",
                        "--subject", session.name.split("_")[0], "--session", "ses-01",
-                       "--settings", "{}")
+                       "--settings", settings)
     return [*command, "--threads", str(threads)] if with_threads else command
 
 
@@ -734,6 +738,7 @@ class Results:
     throughput: list[Row] = field(default_factory=list)
     jobs: list[Row] = field(default_factory=list)
     fixed: list[tuple[str, str]] = field(default_factory=list)
+    ocr: list[tuple[str, str]] = field(default_factory=list)
     planning: list[tuple[str, str]] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     profiles: list[tuple[str, str]] = field(default_factory=list)
@@ -834,6 +839,12 @@ def markdown(results: Results) -> str:
             f"{_mb(row.measured.peak_pss)} | "
             f"{_mb(row.measured.peak_single_rss)} | {row.measured.processes} | "
             f"{row.measured.cores:.2f} | {row.measured.others_cores:.2f} |")
+    if results.ocr:
+        lines += ["", "## OCR (text burned into pixels)", "",
+                  "Verification of the throughput tree with one thread, OCR on (the default) "
+                  "against OCR off (`checks: {burned_in_text: off, burned_in_text_review: "
+                  "off}`); rapidocr's PP-OCR models on the CPU.", "", "| | |", "| --- | --- |",
+                  *[f"| {key} | {value} |" for key, value in results.ocr]]
     lines += ["", "## Fixed cost per session", "", "| | |", "| --- | --- |",
               *[f"| {key} | {value} |" for key, value in results.fixed]]
     lines += ["", "## Planning (`snakemake -n`)", "", "| | |", "| --- | --- |",
@@ -1007,12 +1018,13 @@ class Bench:
                                 log=self.logs / f"stage-t{threads}-{session.name}.log")
                         for session in self.tree.sessions])
 
-    def verify_tree(self, threads: int, staged: Path, reports: Path) -> Measurement:
+    def verify_tree(self, threads: int, staged: Path, reports: Path,
+                    settings: str = "{}") -> Measurement:
         warm_cache(self.tree)
         reports.mkdir(parents=True)
         self.quiet()
         return combine([measure(verify_command(session, self.profile, staged, reports, threads,
-                                               self.threads_option),
+                                               self.threads_option, settings),
                                 log=self.logs / f"verify-t{threads}-{session.name}.log")
                         for session in self.tree.sessions])
 
@@ -1065,6 +1077,8 @@ class Bench:
                 f"verification (--threads {threads}): {counted(statuses)} (warn: CT_small.dcm "
                 "keeps vendor private tags, which the profile leaves alone)")
 
+        self.ocr_cost(out / "stage-t1", out / "verify-t1")
+
         project = self.work / "project-main"
         write_project(project, tree.sessions, self.trash)
         warm_cache(tree)
@@ -1086,6 +1100,30 @@ class Bench:
                  "as above, but two single-threaded jobs side by side instead of one job with "
                  "two worker processes")
         self.cleanup(project)
+
+    def ocr_cost(self, staged: Path, reports_with_ocr: Path) -> None:
+        """What reading burned-in text costs: verification (one thread) with OCR on, as by
+        default, and off; OCR's images per second from the frames the reports say it read."""
+        rows, tree = self.results.throughput, self.tree
+        without = self.add(rows, "verification, `--threads 1`, OCR off", tree,
+                           self.verify_tree(1, staged, self.out / "verify-no-ocr", OCR_OFF))
+        with_ocr = self.verify[1].measured
+        reports = [json.loads(path.read_text()) for path in reports_with_ocr.glob("*.json")]
+        read = sum((report.get("ocr") or {}).get("read", 0) for report in reports)
+        frames = sum((report.get("ocr") or {}).get("frames", 0) for report in reports)
+        seconds = with_ocr.wall - without.measured.wall
+        per_image = seconds / read if read else 0.0
+        self.results.ocr = [
+            ("frames OCR read (of all frames)", f"{read} of {frames} "
+             f"({100 * read / frames if frames else 0:.1f}%): the first, middle and last image "
+             "of each series, and every image at risk of burned-in text"),
+            ("OCR's time in verification", f"{seconds:.1f} s of {with_ocr.wall:.1f} s "
+             f"({100 * seconds / with_ocr.wall if with_ocr.wall else 0:.0f}%), "
+             f"{per_image * 1000:.0f} ms per image read"
+             f" ({1 / per_image if per_image else 0:.1f} images/s)"),
+            ("OCR's share of the whole pipeline", "see the two pipeline rows below: OCR is "
+             f"about {seconds:.1f} s of them"),
+        ]
 
     def copy_floor(self, runs: int = 5) -> None:
         """``cp -r`` of the tree, ``runs`` times. Its time is nearly all kernel time and varies

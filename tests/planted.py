@@ -27,6 +27,7 @@ from deidpipe.synthetic import (
     plant_image_comments,
     plant_private_tag,
 )
+from deidpipe.synthetic_images import image_dataset
 
 NAME = FAKE_IDENTIFIERS["PatientName"]  # "Testperson^Alice^Q"
 FAMILY, GIVEN, MIDDLE = NAME.split("^")[:3]
@@ -161,6 +162,18 @@ def _document(document: Callable[[], bytes], mime_type: str) -> Callable[[Path],
     return after
 
 
+def _burned_in(kind: str, lines: list[tuple[int, int, str]], frames: int = 1,
+               text_frame: int | None = None) -> Callable[[Path], None]:
+    """Adds an image of ``kind`` (see deidpipe.synthetic_images) with text in its pixels."""
+    def after(session_dir: Path) -> None:
+        dataset = image_dataset(kind, lines, patient=FAKE_IDENTIFIERS, uid_seed=kind,
+                                frames=frames, text_frame=text_frame)
+        folder = session_dir / "burned_in"
+        folder.mkdir(exist_ok=True)
+        dataset.save_as(folder / "IM0001.dcm", enforce_file_format=True)
+    return after
+
+
 def _dicomdir(session_dir: Path) -> None:
     """A DICOMDIR beside the images (it names patients; staging leaves it out)."""
     shutil.copy(get_testdata_file("DICOMDIR"), session_dir / "DICOMDIR")
@@ -259,6 +272,21 @@ CASES = [
     *[Case(f"age over 89 written as {age}", "patient_age", "fail", profile=V3_PROFILE,
            identifiers={"PatientBirthDate": "", "PatientAge": age})
       for age in ("090Y", "095Y", "1140M", "4800W", "33000D")],
+    # Text burned into the pixels, read by OCR and matched against the source's headers.
+    *[Case(f"burned-in {what} ({kind})", "burned_in_text", "fail", attribute,
+           after=_burned_in(kind, lines, **options))  # type: ignore[arg-type]
+      for what, kind, attribute, lines, options in [
+          ("name", "MR", "PatientName", [(8, 8, "TESTPERSON^ALICE")], {}),
+          ("ID", "CT", "PatientID", [(8, 230, "ID: MRN40417723")], {}),
+          ("date of birth", "US", "PatientBirthDate", [(120, 8, "DOB 23-SEP-1958")], {}),
+          ("name, initials", "US_YBR", "PatientName", [(8, 8, "A. TESTPERSON")], {}),
+          ("ID", "SC", "PatientID", [(8, 8, "PATIENT MRN40417723")], {}),
+          ("date of birth", "MR_JPEG2000", "PatientBirthDate", [(8, 8, "09/23/1958")], {}),
+          ("name", "MONOCHROME1", "PatientName", [(8, 230, "Testperson, Alice")], {}),
+          ("ID", "PALETTE", "PatientID", [(8, 8, "MRN40417723")], {}),
+          ("name on one frame", "MR_MULTIFRAME", "PatientName",
+           [(8, 8, "TESTPERSON ALICE Q")], {"frames": 5, "text_frame": 2}),
+      ]],
 ]
 CONTROLS = [
     Case("clean MR"),
@@ -291,6 +319,13 @@ CONTROLS = [
          identifiers={"PatientBirthDate": "", "PatientAge": "089Y"}),
     Case("clean MR, v3.0 profile, 999 months", profile=V3_PROFILE,
          identifiers={"PatientBirthDate": "", "PatientAge": "999M"}),
+    # Pixels with no identifier: nothing, orientation letters, sequence names, a scale bar.
+    Case("clean MR image without text", after=_burned_in("MR", [])),
+    Case("clean MR with orientation letters",
+         after=_burned_in("MR", [(4, 120, "R"), (244, 120, "L"), (124, 4, "A")])),
+    Case("clean MR with its sequence name", after=_burned_in("MR", [(8, 230, "T1 AX 5mm")])),
+    Case("clean CT with a scale bar", after=_burned_in("CT", [(180, 236, "|----|----| 5 cm")])),
+    Case("clean ultrasound without text", after=_burned_in("US", [])),
 ]
 
 

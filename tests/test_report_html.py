@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from deidpipe.approvals import append_decision
+from deidpipe.files import sha256_file
 from deidpipe.report import write_summary
 from deidpipe.sheet import SessionRow
 from deidpipe.verify import WITHHELD
@@ -251,7 +253,9 @@ def test_counts_and_session_order_status_words_and_links(batch):
         ("4", "sub-003", "fail"), ("5", "sub-004", "not verified"), ("3", "sub-002", "warn"),
         ("2", "sub-001", "pass")]
     assert [row[7] for row in rows] == ["no (blocked by verification)", "no", "yes", "yes"]
-    assert rows[1][5] == "not known" and rows[1][8] == "none (not verified)"
+    assert [row[8] for row in rows] == ["", "", "waiting: deidpipe approve sub-002 ses-01 "
+                                        "--by NAME", ""]
+    assert rows[1][5] == "not known" and rows[1][9] == "none (not verified)"
     hrefs = [link.attrs["href"] for link in dom.by_id("sessions").iter("a")]
     assert hrefs == [f"verify/{GROUP}/{PROJECT}/{subject}/ses-01.json"
                      for subject in ("sub-003", "sub-002", "sub-001")]
@@ -431,7 +435,131 @@ def test_withheld_label_appears_nowhere_not_even_in_a_link(tmp_path):
     assert "JDOE" not in page
     rows = session_rows(parse(page))
     assert rows[0][3] == WITHHELD
-    assert rows[0][8] == "not linked (its file name holds an identifier)"
+    assert rows[0][9] == "not linked (its file name holds an identifier)"
+
+
+# ---- review of warned sessions: summary.tsv, console, Sessions section ------------------------
+
+def decided(sheet: Path, results: Path, row: SessionRow, decision: str, by: str,
+            when: str = "2025-05-01T14:30:00+02:00", sha256: str = "") -> None:
+    """A line of the approvals sheet for the session's current verification report."""
+    report = results / "verify" / f"{row.path}.json"
+    append_decision(sheet, {"group": row.group, "project": row.project, "subject": row.subject,
+                            "session": row.session, "decision": decision, "by": by,
+                            "when": when,
+                            "report_sha256": sha256 or sha256_file(report)})
+
+
+def summary_of(results: Path) -> dict[str, dict[str, str]]:
+    lines = (results / "summary.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return {cells[2]: dict(zip(header, cells, strict=True))
+            for cells in (line.split("\t") for line in lines[1:])}
+
+
+@pytest.fixture
+def reviews(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Warned sessions in every review state, plus a pass and a fail."""
+    results, sheet = tmp_path / "results", tmp_path / "approvals.tsv"
+    subjects = ["sub-001", "sub-002", "sub-003", "sub-004", "sub-005", "sub-006", "sub-007"]
+    rows = [session(number, subject) for number, subject in enumerate(subjects, start=2)]
+    statuses = ["pass", "warn", "warn", "warn", "warn", "warn", "fail"]
+    for row, status in zip(rows, statuses, strict=True):
+        write_session(results, row, new_report(row.subject, status))
+    decided(sheet, results, rows[2], "approve", "Ann <b>Reviewer</b>")
+    decided(sheet, results, rows[3], "approve", "Ann", sha256="0" * 64)  # an earlier report
+    decided(sheet, results, rows[4], "approve", "Ann")
+    decided(sheet, results, rows[4], "reject", "Bob", when="2025-05-02T09:15:00Z")
+    flagged = session(9, "sub-JDOE")  # its label holds (say) the patient's name
+    write_session(results, flagged, new_report(WITHHELD, "warn"))
+    lines = write_summary([*rows, flagged], results, upload=False, approvals=sheet)
+    return results, lines
+
+
+def test_summary_review_column_says_where_each_warned_session_stands(reviews):
+    results, _ = reviews
+    summary = summary_of(results)
+    assert list(next(iter(summary.values()))) == ["group", "project", "subject", "session",
+                                                  "files", "status", "uploaded", "review"]
+    assert {subject: row["review"] for subject, row in summary.items()} == {
+        "sub-007": "",
+        "sub-002": "waiting: deidpipe approve sub-002 ses-01 --by NAME",
+        "sub-003": "approved by Ann <b>Reviewer</b> on 2025-05-01 14:30+02:00",
+        "sub-004": "approval no longer applies (staged again): approve again",
+        "sub-005": "rejected by Bob on 2025-05-02 09:15+00:00",
+        "sub-006": "waiting: deidpipe approve sub-006 ses-01 --by NAME",
+        WITHHELD: "waiting: see sessions.tsv row 9",
+        "sub-001": ""}
+    assert "JDOE" not in (results / "summary.tsv").read_text()
+
+
+def test_console_names_the_sessions_waiting_for_review_with_the_command(reviews):
+    results, lines = reviews
+    report = results / "report.html"
+    assert (f"  warn: {GROUP}/{PROJECT}/sub-003/ses-01 (approved by Ann <b>Reviewer</b> on "
+            "2025-05-01 14:30+02:00)") in lines
+    assert f"  warn: {GROUP}/{PROJECT}/sub-005/ses-01 (rejected by Bob on 2025-05-02 " \
+           "09:15+00:00)" in lines
+    start = lines.index(f"4 warned session(s) wait for review before upload: read their "
+                        f"warnings in {report}, then approve each (or refuse it with --reject):")
+    assert lines[start + 1:start + 5] == [
+        "  deidpipe approve sub-002 ses-01 --by NAME",
+        "  deidpipe approve sub-004 ses-01 --by NAME   (staged and verified again since the "
+        "last decision)",
+        "  deidpipe approve sub-006 ses-01 --by NAME",
+        "  sessions.tsv row 9: a label holds an identifier, so it cannot be approved; give "
+        "the session another label"]
+    assert not any("JDOE" in line for line in lines)
+
+
+def test_sessions_section_shows_the_review_escaped(reviews):
+    results, _ = reviews
+    page = (results / "report.html").read_text(encoding="utf-8")
+    assert "<b>" not in page and "Ann &lt;b&gt;Reviewer&lt;/b&gt;" in page
+    assert "JDOE" not in page
+    section = parse(page).by_id("sessions")
+    assert table_headers(section)[7:] == ["Uploaded", "Review", "Verification report"]
+    review = {row[3]: row[8] for row in section.table_rows()}
+    assert review["sub-003"] == "approved by Ann <b>Reviewer</b> on 2025-05-01 14:30+02:00"
+    assert review["sub-005"] == "rejected by Bob on 2025-05-02 09:15+00:00"
+    assert review[WITHHELD] == "waiting: see sessions.tsv row 9"
+    assert "deidpipe approve SUBJECT SESSION --by NAME" in section.text()
+
+
+def test_review_with_upload_warned_and_upload_records(tmp_path):
+    results, sheet = tmp_path / "results", tmp_path / "approvals.tsv"
+    waiting, rejected = session(2, "sub-001"), session(3, "sub-002")
+    for row in (waiting, rejected):
+        write_session(results, row, new_report(row.subject, "warn"))
+    decided(sheet, results, rejected, "reject", "Bob")
+    for row, held in ((waiting, "waiting"), (rejected, "rejected")):
+        (results / "upload" / f"{row.path}.json").parent.mkdir(parents=True, exist_ok=True)
+        (results / "upload" / f"{row.path}.json").write_text(json.dumps(
+            {"uploaded": False, "held": held, "reason": "held: ..."}))
+    lines = write_summary([waiting, rejected], results, upload=True, approvals=sheet)
+    summary = summary_of(results)
+    assert summary["sub-001"]["uploaded"] == "no (waiting for review)"
+    assert summary["sub-002"]["uploaded"] == "no (rejected)"
+    assert any("wait for review" in line for line in lines)
+    # upload_warned true: no review is needed, but a rejection still shows.
+    lines = write_summary([waiting, rejected], results, upload=True, approvals=sheet,
+                          upload_warned=True)
+    summary = summary_of(results)
+    assert summary["sub-001"]["review"] == "not required (upload_warned is true)"
+    assert summary["sub-002"]["review"].startswith("rejected by Bob on ")
+    assert not any("wait for review" in line for line in lines)
+
+
+def test_a_malformed_approvals_sheet_is_named_not_fatal(tmp_path):
+    results, sheet = tmp_path / "results", tmp_path / "approvals.tsv"
+    row = session(2, "sub-001")
+    write_session(results, row, new_report(row.subject, "warn"))
+    sheet.write_text("group\tproject\n")
+    lines = write_summary([row], results, upload=False, approvals=sheet)
+    assert summary_of(results)["sub-001"]["review"] == (
+        "not known: the approvals sheet has an error")
+    assert any(line.startswith("The review of warned sessions is not known: approvals sheet "
+                               f"{sheet} line 1") for line in lines)
 
 
 def test_sessions_verified_with_different_profiles_show_each(tmp_path):

@@ -1,9 +1,11 @@
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from conftest import FAKE_FW, fw_calls
+from deidpipe.approvals import append_decision
 from deidpipe.errors import PipelineError
 from deidpipe.stage import stage_session
 from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session, plant_private_tag
@@ -33,7 +35,7 @@ def verified(tmp_path, profile_v1):
 def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "",
            soft_fail: str = "",
            timeout: int = 60, reupload: bool = False, extra_env=None,
-           upload_warned: bool = True) -> dict:
+           upload_warned: bool = False) -> dict:
     monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_FW_FAIL", fail)
     monkeypatch.setenv("FAKE_FW_SOFT_FAIL", soft_fail)
@@ -44,7 +46,7 @@ def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "
         command_template=template,
         extra_env={"FLYWHEEL_CLI_LEGACY": "true"} if extra_env is None else extra_env,
         timeout=timeout, ledger_path=tmp_path / "ledger.jsonl", reupload=reupload,
-        upload_warned=upload_warned)
+        upload_warned=upload_warned, approvals_path=tmp_path / "approvals.tsv")
 
 
 def test_passed_session_is_uploaded_once_with_a_record(tmp_path, monkeypatch, verified):
@@ -140,19 +142,121 @@ def test_command_template_placeholders():
         build_command("{fw} import {nope}", values)
 
 
-@pytest.mark.parametrize("upload_warned, expected_calls", [(True, 1), (False, 0)])
-def test_warned_session_uploads_only_when_allowed(tmp_path, monkeypatch, verified,
-                                                   upload_warned, expected_calls):
-    def plant_operator(dataset):
-        dataset.ImageComments = "ask Alice"  # a part of the patient's name: a warning
+def plant_name_part(dataset):
+    dataset.ImageComments = "ask Alice"  # a part of the patient's name: a warning
 
-    verified(plant=plant_operator)
+
+def decide(tmp_path: Path, decision: str = "approve", by: str = "Test Reviewer",
+           when: str = "2025-05-01T14:30:00+02:00", labels=None) -> None:
+    """A line of the approvals sheet for the session's current verification report."""
+    report_sha256 = hashlib.sha256((tmp_path / "report.json").read_bytes()).hexdigest()
+    append_decision(tmp_path / "approvals.tsv", {
+        **(labels or LABELS), "decision": decision, "by": by, "when": when,
+        "report_sha256": report_sha256})
+
+
+@pytest.fixture
+def warned(tmp_path, verified):
+    verified(plant=plant_name_part)
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "warn"
+
+
+def test_warned_session_waits_for_a_person(tmp_path, monkeypatch, warned):
+    # A decision on another session, and one for this session in another project, do not count.
+    decide(tmp_path, labels={**LABELS, "subject": "sub-02"})
+    decide(tmp_path, labels={**LABELS, "project": "other"})
+    record = upload(tmp_path, monkeypatch)
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+    assert record["uploaded"] is False and record["held"] == "waiting"
+    assert record["reason"].startswith("held: waiting for review: verification warned")
+    assert record["reason"].endswith("then run `deidpipe approve sub-01 ses-01 --by NAME`")
+    assert json.loads((tmp_path / "record.json").read_text()) == record
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
+def test_approved_session_is_uploaded_once(tmp_path, monkeypatch, warned):
+    decide(tmp_path, "reject", by="First Look")
+    decide(tmp_path, "approve")  # the latest line wins
+    record = upload(tmp_path, monkeypatch)
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+    assert record["uploaded"] is True
+    assert (record["approved_by"], record["approved_when"]) == ("Test Reviewer",
+                                                                "2025-05-01T14:30:00+02:00")
+    assert record["approval"] == f"line 3 of {tmp_path / 'approvals.tsv'}"
+    ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [entry["approved_by"] for entry in ledger] == ["Test Reviewer"]
+    # The next run (results deleted, or the sheet changed) sends nothing again.
+    (tmp_path / "record.json").unlink()
+    again = upload(tmp_path, monkeypatch)
+    assert again["uploaded"] is True and "not sent again" in again["note"]
+    assert again["approved_by"] == "Test Reviewer"
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+
+
+def test_approval_of_an_earlier_verification_no_longer_applies(tmp_path, monkeypatch, warned):
+    decide(tmp_path, "approve")
+    report = tmp_path / "report.json"
+    report.write_bytes(report.read_bytes() + b" ")  # staged and verified again since
+    record = upload(tmp_path, monkeypatch)
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+    assert record["uploaded"] is False and record["held"] == "stale"
+    assert "approved by Test Reviewer on 2025-05-01 14:30+02:00) was for an earlier " \
+           "verification and no longer applies" in record["reason"]
+    assert record["reason"].endswith("`deidpipe approve sub-01 ses-01 --by NAME`")
+    # Approved again, for this report: uploaded.
+    decide(tmp_path, "approve", by="TR")
+    assert upload(tmp_path, monkeypatch)["approved_by"] == "TR"
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+
+
+def test_already_uploaded_session_is_not_reported_as_held(tmp_path, monkeypatch, warned):
+    decide(tmp_path, "approve")
+    upload(tmp_path, monkeypatch)
+    report = tmp_path / "report.json"
+    report.write_bytes(report.read_bytes() + b" ")  # --forceall, say: the same staged files
+    record = upload(tmp_path, monkeypatch)
+    assert record["uploaded"] is True and "not sent again" in record["note"]
+    assert "no longer applies" in record["note"]
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+
+
+@pytest.mark.parametrize("upload_warned", [False, True])
+def test_rejected_session_is_not_uploaded(tmp_path, monkeypatch, warned, upload_warned):
+    decide(tmp_path, "approve")
+    decide(tmp_path, "reject", by="Second Reviewer", when="2025-05-02T09:15:00Z")
     record = upload(tmp_path, monkeypatch, upload_warned=upload_warned)
-    assert len(fw_calls(tmp_path / "calls.jsonl")) == expected_calls
-    assert record["uploaded"] is upload_warned
-    if not upload_warned:
-        assert record["reason"].startswith("held: verification warned")
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+    assert record["uploaded"] is False and record["held"] == "rejected"
+    assert record["reason"] == ("rejected by Second Reviewer on 2025-05-02 09:15+00:00 "
+                                f"(approvals sheet {tmp_path / 'approvals.tsv'} line 3)")
+
+
+def test_upload_warned_uploads_without_approval(tmp_path, monkeypatch, warned):
+    record = upload(tmp_path, monkeypatch, upload_warned=True)
+    assert record["uploaded"] is True and "approved_by" not in record
+    assert len(fw_calls(tmp_path / "calls.jsonl")) == 1
+
+
+def test_malformed_approvals_sheet_fails_the_upload_and_names_the_line(tmp_path, monkeypatch,
+                                                                       warned):
+    decide(tmp_path, "approve")
+    sheet = tmp_path / "approvals.tsv"
+    sheet.write_text(sheet.read_text() + "g\tp\tsub-01\tses-01\tok\tTR\tnow\tx\n")
+    with pytest.raises(PipelineError, match=r"line 3, column 5 \(decision\)"):
+        upload(tmp_path, monkeypatch)
+    assert fw_calls(tmp_path / "calls.jsonl") == []
+    assert not (tmp_path / "record.json").exists()  # retried by the next run
+
+
+def test_withheld_label_is_held_without_repeating_it(tmp_path, monkeypatch, warned):
+    report = tmp_path / "report.json"
+    document = json.loads(report.read_text())
+    document["session"]["subject"] = "(withheld: holds an identifier)"
+    report.write_text(json.dumps(document))
+    record = upload(tmp_path, monkeypatch)
+    assert record["held"] == "withheld" and "cannot be approved" in record["reason"]
+    assert "sub-01" not in record["reason"]
+    assert fw_calls(tmp_path / "calls.jsonl") == []
 
 
 def test_cli_error_printed_with_exit_zero_is_a_failure(tmp_path, monkeypatch, verified):

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -39,10 +41,15 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
                                     "sub-003": "fail"}[subject]
     summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
     assert list(summary.columns) == ["group", "project", "subject", "session", "files",
-                                     "status", "uploaded"]
+                                     "status", "uploaded", "review"]
     assert dict(zip(summary.subject, summary.status, strict=True)) == {
         "sub-001": "pass", "sub-002": "warn", "sub-003": "fail"}
     assert set(summary.uploaded) == {"no (upload is off)"}
+    # The warned session waits for a person even with upload off.
+    assert dict(zip(summary.subject, summary.review.fillna(""), strict=True)) == {
+        "sub-001": "", "sub-002": "waiting: deidpipe approve sub-002 ses-01 --by NAME",
+        "sub-003": ""}
+    assert "  deidpipe approve sub-002 ses-01 --by NAME\n" in result.stderr
     assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in result.stderr
     assert "Summary: results/summary.tsv" in result.stderr
     assert ("warn: demo/deid-demo/sub-002/ses-01 (look at its warnings in "
@@ -71,30 +78,61 @@ def files_containing_identifiers_in_text(text: str) -> list[str]:
     return [needle.decode() for needle in identifier_needles() if needle.decode() in text]
 
 
-def test_failed_upload_is_retried_alone_then_nothing_is_repeated(project, fake_fw_log):
-    # (a) first run: the CLI fails for sub-002; sub-003 is blocked by verification.
+def approve(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`deidpipe approve ...` typed in the project folder."""
+    return subprocess.run([sys.executable, "-m", "deidpipe", "approve", *args], cwd=project,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_failed_upload_is_retried_warned_waits_for_approval_nothing_repeated(project,
+                                                                            fake_fw_log):
+    # (a) first run: the CLI fails for sub-001; sub-002 (warn) waits for a person; sub-003 is
+    # blocked by verification.
     first = run_snakemake(project, *upload_config(),
-                          env=upload_env(fake_fw_log, "sub-002/ses-01"))
+                          env=upload_env(fake_fw_log, "sub-001/ses-01"))
     assert first.returncode != 0
-    assert "sub-002" in first.stderr and "exit code 1" in first.stderr
-    assert sorted(call["subject"] for call in fw_calls(fake_fw_log)) == ["sub-001", "sub-002"]
+    assert "sub-001" in first.stderr and "exit code 1" in first.stderr
+    assert [call["subject"] for call in fw_calls(fake_fw_log)] == ["sub-001"]
     records = project / "results/upload/demo/deid-demo"
-    assert json.loads((records / "sub-001/ses-01.json").read_text())["uploaded"] is True
+    assert not (records / "sub-001/ses-01.json").exists()
+    held = json.loads((records / "sub-002/ses-01.json").read_text())
+    assert held["uploaded"] is False and held["held"] == "waiting"
+    assert held["reason"].endswith("then run `deidpipe approve sub-002 ses-01 --by NAME`")
     blocked = json.loads((records / "sub-003/ses-01.json").read_text())
     assert blocked["uploaded"] is False and "verification failed" in blocked["reason"]
-    assert not (records / "sub-002/ses-01.json").exists()
-    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)  # onerror
-    assert summary.set_index("subject").loc["sub-002", "uploaded"].startswith("no (upload failed")
+    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str,
+                          keep_default_na=False).set_index("subject")  # written by onerror
+    assert summary.loc["sub-001", "uploaded"].startswith("no (upload failed")
+    assert summary.loc["sub-002", "uploaded"] == "no (waiting for review)"
+    assert summary.loc["sub-002", "review"] == "waiting: deidpipe approve sub-002 ses-01 --by NAME"
+    assert "  deidpipe approve sub-002 ses-01 --by NAME\n" in first.stderr
 
-    # Second run: only sub-002 is sent.
+    # Second run: only sub-001 is sent; sub-002 still waits.
     second = run_snakemake(project, *upload_config(), env=upload_env(fake_fw_log))
     assert second.returncode == 0, second.stderr
-    assert [call["subject"] for call in fw_calls(fake_fw_log)][2:] == ["sub-002"]
-    assert "2 uploaded" in second.stderr
+    assert [call["subject"] for call in fw_calls(fake_fw_log)] == ["sub-001", "sub-001"]
+    assert "1 uploaded" in second.stderr
 
-    # Third run: nothing to do, no call.
+    # A person approves sub-002; the next run sends it, and only it.
+    approved = approve(project, "sub-002", "ses-01", "--by", "Test Reviewer")
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.startswith("approved demo/deid-demo/sub-002/ses-01 as Test Reviewer")
+    assert "To upload it: snakemake --cores 4 --config upload=true" in approved.stdout
+    assert approve(project, "sub-003", "ses-01", "--by", "TR").returncode == 1
     third = run_snakemake(project, *upload_config(), env=upload_env(fake_fw_log))
     assert third.returncode == 0, third.stderr
+    assert [call["subject"] for call in fw_calls(fake_fw_log)][2:] == ["sub-002"]
+    assert "2 uploaded" in third.stderr
+    record = json.loads((records / "sub-002/ses-01.json").read_text())
+    assert record["uploaded"] is True and record["approved_by"] == "Test Reviewer"
+    summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str,
+                          keep_default_na=False).set_index("subject")
+    assert summary.loc["sub-002", "review"].startswith("approved by Test Reviewer on ")
+    assert summary.loc["sub-001", "uploaded"] == "yes"  # not rerun by the approval
+
+    # Change nothing, run again: nothing to do, no call.
+    fourth = run_snakemake(project, *upload_config(), env=upload_env(fake_fw_log))
+    assert fourth.returncode == 0, fourth.stderr
     assert len(fw_calls(fake_fw_log)) == 3
 
     # Even --forceall (everything restaged and verified again) uploads nothing twice.
@@ -104,6 +142,7 @@ def test_failed_upload_is_retried_alone_then_nothing_is_repeated(project, fake_f
     ledger = (project / "upload-ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 2
     assert identifiers_in_run_outputs(project) == []
+    assert files_containing_identifiers_in_text((project / "approvals.tsv").read_text()) == []
 
 
 def dry_run_subjects(project: Path, *args: str) -> set[str]:
@@ -136,6 +175,17 @@ def test_invalid_sheet_stops_before_anything_runs(project):
     assert "Traceback" not in result.stderr
     assert not (project / "staging").exists()
     assert not (project / "results").exists()
+
+
+def test_malformed_approvals_sheet_stops_before_anything_runs(project):
+    (project / "approvals.tsv").write_text(
+        "group\tproject\tsubject\tsession\tdecision\tby\twhen\treport_sha256\n"
+        "demo\tdeid-demo\tsub-002\tses-01\tapprove\tTR\tyesterday\t" + "a" * 64 + "\n")
+    result = run_snakemake(project, "--dry-run")
+    assert result.returncode != 0
+    assert "approvals sheet approvals.tsv has 1 problem(s)" in result.stderr
+    assert "line 2, column 7 (when): 'yesterday' is not an ISO 8601 date" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_config_errors_are_plain_messages(project):

@@ -92,11 +92,7 @@ class BurnedInScreen:
         modality = _text(dataset, "Modality").strip().upper()
         if modality in RISKY_MODALITIES:
             risks.append(f"Modality is {modality} ({RISKY_MODALITIES[modality]})")
-        image_type = dataset.get("ImageType")
-        image_type_values = ({str(value).strip().upper() for value in image_type}
-                             if image_type is not None and not isinstance(image_type, str)
-                             else {str(image_type or "").strip().upper()})
-        risky_types = sorted(image_type_values & RISKY_IMAGE_TYPE_VALUES)
+        risky_types = sorted(_image_type_values(dataset) & RISKY_IMAGE_TYPE_VALUES)
         if risky_types:
             risks.append(f"ImageType includes {', '.join(risky_types)}")
         filter_rules, cleared = self._filter_list(dataset)
@@ -104,6 +100,14 @@ class BurnedInScreen:
         if risks and not (cleared and not found):
             found.append(Flag("burned_in_risk", "; ".join(risks)))
         return found
+
+    def is_risky_class(self, dataset: Dataset) -> bool:
+        """An image of a class where text is often burned in (SOP class, Modality, ImageType,
+        or BurnedInAnnotation YES), whatever deid's whitelist says: OCR reads all of these."""
+        return (_text(dataset, "BurnedInAnnotation").strip().upper() == "YES"
+                or _text(dataset, "SOPClassUID") in RISKY_SOP_CLASSES
+                or _text(dataset, "Modality").strip().upper() in RISKY_MODALITIES
+                or bool(_image_type_values(dataset) & RISKY_IMAGE_TYPE_VALUES))
 
     def _filter_list(self, dataset: Dataset) -> tuple[list[str], bool]:
         """deid's rules that match: (graylist/blacklist reasons, whether a whitelist matched)."""
@@ -116,6 +120,13 @@ class BurnedInScreen:
                    for hit in result["results"] if hit["group"] != "whitelist"]
         cleared = any(hit["group"] == "whitelist" for hit in result["results"])
         return reasons, cleared
+
+
+def _image_type_values(dataset: Dataset) -> set[str]:
+    image_type = dataset.get("ImageType")
+    if image_type is not None and not isinstance(image_type, str):
+        return {str(value).strip().upper() for value in image_type}
+    return {str(image_type or "").strip().upper()}
 
 
 def _readable(reason: str) -> str:

@@ -1,7 +1,9 @@
 """``deidpipe``: the small command line the Snakemake rules call, plus tools for people.
 
-For people: ``deidpipe keyword WORD`` looks up DICOM keywords (``--csv`` prints rows ready to
-paste into a profile CSV); ``deidpipe make-demo DIR`` rebuilds the synthetic demo data.
+For people: ``deidpipe approve SUBJECT SESSION --by NAME`` approves (``--reject``: rejects) a
+warned session after reading its warnings, so that it is uploaded; ``deidpipe keyword WORD``
+looks up DICOM keywords (``--csv`` prints rows ready to paste into a profile CSV);
+``deidpipe make-demo DIR`` rebuilds the synthetic demo data.
 """
 
 import argparse
@@ -78,12 +80,21 @@ def cmd_upload(args: argparse.Namespace) -> None:
         staged_session_dir=args.staged_dir, record_path=args.record, log_path=args.cli_log,
         fw=args.fw, command_template=args.command, extra_env=json.loads(args.env),
         timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload,
-        upload_warned=not args.hold_warned,
+        upload_warned=args.upload_warned, approvals_path=args.approvals,
         extra_error_patterns=tuple(json.loads(args.error_patterns)))
     if not record["uploaded"]:
         print(f"not uploaded: {record['reason']}", file=sys.stderr)
     else:
         print(record.get("note", f"uploaded {record['files']} file(s)"), file=sys.stderr)
+
+
+def cmd_approve(args: argparse.Namespace) -> None:
+    from deidpipe.approvals import approve
+
+    lines = approve(subject=args.subject, session=args.session, by=args.by,
+                    reject=args.reject, group=args.group, project=args.project,
+                    config_path=args.config)
+    print("\n".join(lines))
 
 
 def cmd_keyword(args: argparse.Namespace) -> None:
@@ -138,9 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--reupload", action="store_true")
     upload.add_argument("--error-patterns", default="[]",
                         help="JSON list of extra regular expressions for CLI error lines")
-    upload.add_argument("--hold-warned", action="store_true",
-                        help="do not upload sessions whose verification status is warn")
+    upload.add_argument("--approvals", default="",
+                        help="the approvals sheet (decisions on warned sessions)")
+    upload.add_argument("--upload-warned", action="store_true",
+                        help="upload warned sessions without waiting for an approval")
     upload.set_defaults(func=cmd_upload)
+
+    approve = commands.add_parser(
+        "approve", help="approve (or reject) a warned session after reading its warnings",
+        description="Record a person's decision on a session whose verification warned: a line "
+                    "in the approvals sheet (setting 'approvals' of config.yaml). An approved "
+                    "session is uploaded by the next run with upload on; the approval holds "
+                    "for the current verification report only.")
+    approve.add_argument("subject", help="the session's subject label")
+    approve.add_argument("session", help="the session label")
+    approve.add_argument("--by", required=True, help="your name or initials (the reviewer)")
+    approve.add_argument("--reject", action="store_true",
+                         help="reject the session: it is not uploaded")
+    approve.add_argument("--group", help="default: the session's row of sessions.tsv, else "
+                                         "the config's group")
+    approve.add_argument("--project", help="default: the session's row of sessions.tsv, else "
+                                           "the config's project")
+    approve.add_argument("--config", default="config.yaml",
+                         help="the pipeline's config file (default: config.yaml)")
+    approve.set_defaults(func=cmd_approve)
 
     keyword = commands.add_parser("keyword", help="look up DICOM keywords by a word")
     keyword.add_argument("word")

@@ -357,17 +357,14 @@ class Matcher:
         token_ends = {0, *accumulate(map(len, tokens))}
         found: list[Needle] = []
         for target, needle in self.by_folded.items():
-            pattern = ocr_fold(target)
             glued = len(target) >= OCR_GLUED_MIN_CHARACTERS
-            start = canonical.find(pattern)
-            while start >= 0:
-                end = start + len(pattern)
+            for match in _ocr_pattern(needle).finditer(canonical):
+                start, end = match.span(1)
                 if (not is_short_number(target) or self._same_layout(target, start, token_ends)
                         ) and (_bounded(folded, start, end, token_ends, glued) or (
                             glued and not target.isdigit())):
                     found.append(needle)
                     break
-                start = canonical.find(pattern, start + 1)
         return _strongest_per_attribute(found)
 
     def _same_layout(self, target: str, start: int, token_ends: set[int]) -> bool:
@@ -435,6 +432,14 @@ def _find_bounded(data: bytes, form: bytes, number: bool, glued: bool = False
         elif before not in joined and after not in joined:
             yield offset
         offset = data.find(form, offset + 1)
+
+
+@lru_cache(maxsize=4096)
+def _ocr_pattern(needle: Needle) -> re.Pattern[str]:
+    """The needle's tokens, OCR-folded, with room for one misread character between them
+    (OCR reads the '^' of 'FAMILY^GIVEN' as 'A', or a stray mark)."""
+    return re.compile("(?=(" + ".?".join(re.escape(ocr_fold(token)) for token in needle.tokens)
+                      + "))")
 
 
 @lru_cache(maxsize=4096)

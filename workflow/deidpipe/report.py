@@ -3,7 +3,7 @@
 
 import html
 import numbers
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -12,12 +12,15 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from deidpipe.files import read_json, write_private_bytes
+from deidpipe.approvals import Decision, approve_command, read_approvals, review_of
+from deidpipe.errors import PipelineError
+from deidpipe.files import read_json, sha256_file, write_private_bytes
 from deidpipe.findings import EXAMPLE_FILES, group_findings
 from deidpipe.sheet import SessionRow
 from deidpipe.verify import WITHHELD
 
-SUMMARY_COLUMNS = ["group", "project", "subject", "session", "files", "status", "uploaded"]
+SUMMARY_COLUMNS = ["group", "project", "subject", "session", "files", "status", "uploaded",
+                   "review"]
 STATUS_ORDER = {"fail": 0, "not verified": 1, "warn": 2, "pass": 3}
 REPORT_NAME = "report.html"
 
@@ -31,24 +34,77 @@ def session_paths(results: str | Path, session: SessionRow) -> dict[str, Path]:
     }
 
 
-def summarise(sessions: list[SessionRow], results: str | Path, upload: bool) -> pd.DataFrame:
-    """Read each session's reports (where they exist) into the summary table."""
+# Why an upload record says a session was not uploaded (its 'held' field), for the summary.
+NOT_UPLOADED = {"waiting": "no (waiting for review)", "withheld": "no (waiting for review)",
+                "stale": "no (waiting for review: the approval no longer applies)",
+                "rejected": "no (rejected)"}
+
+
+def _review(state: str, decision: Decision | None, session: SessionRow,
+            shown: dict[str, str], upload_warned: bool,
+            needs_place: bool) -> tuple[str, str, str]:
+    """(state, summary cell, approve command) of a warned session's review; neither holds a
+    withheld label (the command is empty then). States: approved, rejected, waiting, stale
+    (the decision was for an earlier verification), not required (upload_warned is true)."""
+    if state in ("approved", "rejected") and decision is not None:
+        return state, decision.shown, ""
+    if upload_warned:
+        return "not required", "not required (upload_warned is true)", ""
+    if WITHHELD in shown.values():
+        return state, f"waiting: see sessions.tsv row {session.row}", ""
+    place = (session.group, session.project) if needs_place else (None, None)
+    command = approve_command(session.subject, session.session, *place)
+    if state == "stale" and decision is not None:
+        if decision.decision == "reject":
+            return state, "rejection no longer applies (staged again): review again", command
+        return state, "approval no longer applies (staged again): approve again", command
+    return state, f"waiting: {command}", command
+
+
+def _uploaded(record: dict[str, Any]) -> str:
+    """The summary's uploaded cell for an upload record."""
+    if record["uploaded"]:
+        return "yes (earlier run)" if record.get("note") else "yes"
+    if record.get("held") in NOT_UPLOADED:
+        return NOT_UPLOADED[record["held"]]
+    if str(record.get("reason", "")).startswith("held:"):
+        return "no (held: verification warned)"  # a record of an older version
+    return "no (blocked by verification)"
+
+
+def summarise(sessions: list[SessionRow], results: str | Path, upload: bool, *,
+              approvals: str | Path | None = None, upload_warned: bool = False) -> pd.DataFrame:
+    """Read each session's reports (where they exist) and, for warned sessions, their
+    decisions in the approvals sheet into the summary table. A sheet that cannot be read is
+    named in ``table.attrs['approvals_error']``."""
+    approvals_error = ""
+    try:
+        decisions = read_approvals(approvals)
+    except PipelineError as error:
+        decisions, approvals_error = [], str(error)
+    # A subject and session label in two projects: the approve command needs the project too.
+    pairs = Counter((session.subject, session.session) for session in sessions)
     rows = []
     for session in sessions:
         paths = session_paths(results, session)
         files: int | str = ""
         status = "not verified"
         labels = {"subject": session.subject, "session": session.session}
+        review, review_state, command = "", "", ""
         if paths["verify"].exists():
             report = read_json(paths["verify"])
             status = report["status"]
             files = report["files"]["staged"]
             labels = {key: report["session"][key] for key in labels}
+            if status == "warn" and approvals_error:
+                review, review_state = "not known: the approvals sheet has an error", "error"
+            elif status == "warn":
+                found = review_of(decisions, session.key, sha256_file(paths["verify"]))
+                review_state, review, command = _review(
+                    found.state, found.decision, session, report["session"], upload_warned,
+                    pairs[(session.subject, session.session)] > 1)
         if paths["upload"].exists():
-            record = read_json(paths["upload"])
-            uploaded = "yes" if record["uploaded"] else "no (blocked by verification)"
-            if record.get("note"):
-                uploaded = "yes (earlier run)"
+            uploaded = _uploaded(read_json(paths["upload"]))
         elif not upload:
             uploaded = "no (upload is off)"
         elif status == "not verified":
@@ -56,18 +112,43 @@ def summarise(sessions: list[SessionRow], results: str | Path, upload: bool) -> 
         else:
             uploaded = "no (upload failed or not run; see the log)"
         rows.append({"row": session.row, "group": session.group, "project": session.project,
-                     **labels, "files": files, "status": status, "uploaded": uploaded})
-    table = pd.DataFrame(rows, columns=["row", *SUMMARY_COLUMNS])
-    return table.sort_values(by="status", key=lambda column: column.map(STATUS_ORDER),
-                             kind="stable")
+                     **labels, "files": files, "status": status, "uploaded": uploaded,
+                     "review": review, "review_state": review_state, "command": command})
+    table = pd.DataFrame(rows, columns=["row", *SUMMARY_COLUMNS, "review_state", "command"])
+    table = table.sort_values(by="status", key=lambda column: column.map(STATUS_ORDER),
+                              kind="stable")
+    table.attrs["approvals_error"] = approvals_error
+    return table
 
 
-def write_summary(sessions: list[SessionRow], results: str | Path, upload: bool) -> list[str]:
+def _review_lines(table: pd.DataFrame, report_path: Path) -> list[str]:
+    """The console's list of sessions that wait for a person, with the command to type."""
+    waiting = [row for row in table.itertuples() if row.review_state in ("waiting", "stale")]
+    if not waiting:
+        return []
+    lines = [f"{len(waiting)} warned session(s) wait for review before upload: read their "
+             f"warnings in {report_path}, then approve each (or refuse it with --reject):"]
+    for row in waiting:
+        if not row.command:
+            lines.append(f"  sessions.tsv row {row.row}: a label holds an identifier, so it "
+                         "cannot be approved; give the session another label")
+        elif row.review_state == "stale":
+            lines.append(f"  {row.command}   (staged and verified again since the last "
+                         "decision)")
+        else:
+            lines.append(f"  {row.command}")
+    return lines
+
+
+def write_summary(sessions: list[SessionRow], results: str | Path, upload: bool, *,
+                  approvals: str | Path | None = None,
+                  upload_warned: bool = False) -> list[str]:
     """Write ``{results}/summary.tsv`` and ``{results}/report.html``; return the closing lines
-    for the console."""
+    for the console. ``approvals`` is the approvals sheet (None: no decision was made)."""
     summary_path = Path(results) / "summary.tsv"
     report_path = Path(results) / REPORT_NAME
-    table = summarise(sessions, results, upload)
+    table = summarise(sessions, results, upload, approvals=approvals,
+                      upload_warned=upload_warned)
     summary_text = table[SUMMARY_COLUMNS].to_csv(sep="\t", index=False)
     write_private_bytes(summary_path, summary_text.encode("utf-8"))
     page = render_report(sessions, table, results, datetime.now().astimezone())
@@ -91,7 +172,15 @@ def write_summary(sessions: list[SessionRow], results: str | Path, upload: bool)
         detail = {"fail": f"see {Path(results) / 'verify' / where}.json",
                   "warn": f"look at its warnings in {report_path}",
                   }.get(row.status, f"see the logs in {Path(results) / 'logs'}")
+        if row.review_state in ("approved", "rejected"):
+            detail = row.review
+        elif row.review_state == "stale":
+            detail = f"{row.review}; its warnings are in {report_path}"
         lines.append(f"  {row.status}: {where} ({detail})")
+    lines += _review_lines(table, report_path)
+    if table.attrs.get("approvals_error"):
+        lines.append("The review of warned sessions is not known: "
+                     + table.attrs["approvals_error"])
     lines.append(f"Summary: {summary_path}")
     lines.append(f"Report: {report_path}")
     return lines
@@ -293,14 +382,20 @@ def _sessions_section(batch: _Batch, results: str | Path) -> str:
             link = SafeHtml(f'<a href="{html.escape(href)}">{html.escape(relative.name)}</a>')
         files = row["files"] if row["files"] != "" else "not known"
         rows.append([row["row"], row["group"], row["project"], row["subject"], row["session"],
-                     files, _status_badge(str(row["status"])), row["uploaded"], link])
+                     files, _status_badge(str(row["status"])), row["uploaded"], row["review"],
+                     link])
     explanation = "Most urgent first. What each status means and what to do:"
     meanings = [
         ("fail", "not uploaded. Read its findings below, fix the source or the profile, then "
                  "run again."),
         ("not verified", "the run stopped before this session was checked. See the logs in "
                          f"{Path(results) / 'logs'}, then run again."),
-        ("warn", "a person must look at its warnings below before the data are shared."),
+        ("warn", "a person must look at its warnings below before the data are shared. "
+                 "Unless upload_warned is true, it is uploaded only after the reviewer has "
+                 "approved it (deidpipe approve SUBJECT SESSION --by NAME; --reject refuses "
+                 "it); the Review column says where it stands. An approval holds for the "
+                 "verification it was given for: a session staged and verified again needs a "
+                 "new one."),
         ("pass", "every check passed. Still read the free text below."),
     ]
     legend = "".join(f"<li>{_status_badge(status)} {_escape(meaning)}</li>"
@@ -308,7 +403,7 @@ def _sessions_section(batch: _Batch, results: str | Path) -> str:
     legend += ("<li>A label shown as withheld holds an identifier: give that row of "
                "sessions.tsv another label.</li>")
     table = _table(["Row in sessions.tsv", "Group", "Project", "Subject", "Session", "Files",
-                    "Status", "Uploaded", "Verification report"], rows)
+                    "Status", "Uploaded", "Review", "Verification report"], rows)
     return _section("sessions", "Sessions", explanation, f"<ul>{legend}</ul>\n{table}")
 
 

@@ -154,7 +154,13 @@ footer { margin-top: 2.5rem; font-size: .85rem; color: #444; }
 def review_page_path(manifest_path: str | Path) -> Path:
     """Where a session's review page goes: beside its staging manifest and staged folder
     (``.../sub-01/ses-01.review.html`` for ``.../sub-01/ses-01.manifest.json``)."""
-    staged = staged_dir_beside(manifest_path)
+    return review_page_beside(staged_dir_beside(manifest_path))
+
+
+def review_page_beside(staged_session_dir: str | Path) -> Path:
+    """The review page of the session staged in ``staged_session_dir``: its sibling
+    ``<session>.review.html`` (never inside it: that folder holds only staged files)."""
+    staged = Path(staged_session_dir)
     return staged.with_name(staged.name + REVIEW_SUFFIX)
 
 

@@ -1,8 +1,13 @@
 """Upload one verified, staged session with the Flywheel CLI; keep an append-only ledger.
 
-An upload record is written only when the upload succeeded or was blocked by verification, so
-a failed CLI call is retried by the next run. The ledger, kept outside Snakemake's outputs,
-stops a session from being uploaded twice (after --forceall or a deleted results folder).
+An upload record is written only when the upload succeeded, was blocked by verification or is
+held for a person's review, so a failed CLI call is retried by the next run. The ledger, kept
+outside Snakemake's outputs, stops a session from being uploaded twice (after --forceall or a
+deleted results folder).
+
+A warned session waits for a person (unless ``upload_warned`` is true): it is uploaded only
+when the approvals sheet (``deidpipe.approvals``) approves its current verification report.
+A rejection stops the upload whatever ``upload_warned`` says.
 """
 
 import datetime
@@ -15,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from deidpipe.approvals import Review, approve_command, read_approvals, review_of
 from deidpipe.errors import PipelineError
 from deidpipe.files import (
     OWNER_ONLY_FILE,
@@ -107,6 +113,42 @@ def reported_error(log_path: Path, offset: int, patterns: tuple[str, ...]) -> in
     return None
 
 
+def review_hold(review: Review, labels: dict[str, str], report: dict[str, Any],
+                verify_report_path: str | Path, approvals_path: str | Path | None,
+                upload_warned: bool) -> dict[str, str] | None:
+    """``held`` (why, in a word) and ``reason`` when a warned session must not be uploaded;
+    None when it may be (approved, or ``upload_warned`` and not rejected)."""
+    decision = review.decision
+    if review.state == "approved":
+        return None
+    if review.state == "rejected" and decision is not None:
+        return {"held": "rejected",
+                "reason": f"{decision.shown} (approvals sheet {approvals_path} line "
+                          f"{decision.line})"}
+    if upload_warned:
+        return None
+    findings = f"verification warned ({len(report['findings'])} finding(s))"
+    shown_labels = report.get("session") or {}
+    if any(shown_labels.get(key, labels[key]) != labels[key] for key in LABEL_KEYS):
+        # The report withholds a label that holds an identifier: it is not repeated here, and
+        # it may not go into the approvals sheet.
+        return {"held": "withheld",
+                "reason": f"held: waiting for review: {findings}, but a label of this session "
+                          "holds an identifier, so it cannot be approved; give the session "
+                          "another label in sessions.tsv and run again"}
+    command = f"`{approve_command(labels['subject'], labels['session'])}`"
+    if review.state == "stale" and decision is not None:
+        verb = "approval" if decision.decision == "approve" else "rejection"
+        return {"held": "stale",
+                "reason": f"held: the {verb} (line {decision.line} of {approvals_path}: "
+                          f"{decision.shown}) was for an earlier verification and no longer "
+                          "applies: the session was staged and verified again since. Read its "
+                          f"warnings in {verify_report_path} again, then run {command}"}
+    return {"held": "waiting",
+            "reason": f"held: waiting for review: {findings}; a person must read the warnings "
+                      f"in {verify_report_path} (or the run's report.html), then run {command}"}
+
+
 def upload_session(
     *,
     labels: dict[str, str],
@@ -122,9 +164,13 @@ def upload_session(
     ledger_path: str | Path,
     reupload: bool = False,
     upload_warned: bool = True,
+    approvals_path: str | Path | None = None,
     extra_error_patterns: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Gate, re-check and upload one session; write its record. Raise PipelineError on failure."""
+    """Gate, re-check and upload one session; write its record. Raise PipelineError on failure.
+
+    A warned session is gated by the approvals sheet at ``approvals_path`` (None: no decision
+    was made): see ``review_hold``."""
     staged_session_dir = Path(staged_session_dir)
     ledger_path = Path(ledger_path)
     where = "/".join(labels[key] for key in LABEL_KEYS)
@@ -136,15 +182,33 @@ def upload_session(
                             f"({len(report['findings'])} finding(s)); see {verify_report_path}"}
         write_json(record_path, record)
         return record
-    if report["status"] == "warn" and not upload_warned:
-        record = {"uploaded": False, "time": now,
-                  "reason": "held: verification warned and 'upload_warned' is false "
-                            f"({len(report['findings'])} finding(s)); see {verify_report_path}"}
-        write_json(record_path, record)
-        return record
-    manifest = read_json(manifest_path)
+    approval: dict[str, Any] = {}
     manifest_sha256 = sha256_file(manifest_path)
     earlier = read_ledger(ledger_path, labels)
+    if report["status"] == "warn":
+        review = review_of(read_approvals(approvals_path),
+                           tuple(labels[key] for key in LABEL_KEYS),
+                           sha256_file(verify_report_path))
+        hold = review_hold(review, labels, report, verify_report_path, approvals_path,
+                           upload_warned)
+        if hold is not None:
+            same = [entry for entry in earlier if entry["manifest_sha256"] == manifest_sha256]
+            if same and not reupload:
+                # These staged files are in Flywheel already: say so rather than "held".
+                record = {"uploaded": True, "time": same[-1]["time"],
+                          "command": same[-1]["command"], "exit_code": 0,
+                          "files": same[-1]["files"], "manifest_sha256": manifest_sha256,
+                          "note": f"uploaded by an earlier run (ledger {ledger_path}); not "
+                                  f"sent again. It would not be sent now: {hold['reason']}"}
+            else:
+                record = {"uploaded": False, "time": now, **hold}
+            write_json(record_path, record)
+            return record
+        if review.decision is not None and review.state == "approved":
+            approval = {"approved_by": review.decision.by,
+                        "approved_when": review.decision.when,
+                        "approval": f"line {review.decision.line} of {approvals_path}"}
+    manifest = read_json(manifest_path)
     if earlier and not reupload:
         last = earlier[-1]
         if last["manifest_sha256"] != manifest_sha256:
@@ -156,7 +220,8 @@ def upload_session(
         # The same staged files went up before (results deleted, or --forceall): say so.
         record = {"uploaded": True, "time": last["time"], "command": last["command"],
                   "exit_code": 0, "files": last["files"], "manifest_sha256": manifest_sha256,
-                  "note": f"uploaded by an earlier run (ledger {ledger_path}); not sent again"}
+                  "note": f"uploaded by an earlier run (ledger {ledger_path}); not sent again",
+                  **approval}
         write_json(record_path, record)
         return record
     check_staged_files(staged_session_dir, manifest, Path(manifest_path))
@@ -190,7 +255,7 @@ def upload_session(
                             f"reports an error (line {error_line} of {log_path}); it is not "
                             "counted as uploaded and is retried by the next run.")
     record = {"uploaded": True, "time": now, "command": command, "exit_code": 0,
-              "files": len(manifest["files"]), "manifest_sha256": manifest_sha256}
+              "files": len(manifest["files"]), "manifest_sha256": manifest_sha256, **approval}
     # Ledger first: if the run dies between the two writes, the ledger still prevents a repeat.
     append_ledger(ledger_path, {**labels, **record})
     write_json(record_path, record)

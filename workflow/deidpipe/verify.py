@@ -50,7 +50,7 @@ from deidpipe.ocr import (
 from deidpipe.parallel import map_in_workers
 from deidpipe.private_knowledge import load_knowledge_base, path_segment
 from deidpipe.profile import Profile, load_profile
-from deidpipe.review import ReviewImage, ReviewText, review_page_path, write_review_page
+from deidpipe.review import ReviewImage, ReviewText, review_page_beside, write_review_page
 from deidpipe.stage import list_source_files
 
 WITHHELD = "(withheld: holds an identifier)"
@@ -776,7 +776,7 @@ def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> boo
             context.add(Finding(flag.check, name, "pixel data (burned-in text)", message))
             context.burned_in_flags.append({"file": name, "reason": flag.reason,
                                             "severity": context.severities[flag.check]})
-    return bool(flags)
+    return bool(flags) or context.burned_in.is_risky_class(dataset)
 
 
 # ---- text burned into the pixels (OCR) -------------------------------------------------------
@@ -1209,7 +1209,7 @@ def verify_session(
         _merge_tallies(context, tallies)
     private_tags = report_private_tags(context)
     ocr_active = any(context.active(check) for check in OCR_CHECKS)
-    review_page = review_page_path(Path(manifest_path))
+    review_page = review_page_beside(context.staged_session_dir)
     if ocr_active:
         ocr_counts = {key: context.ocr_counts[key] for key in (
             "images", "frames", "read", "with_text", "matched", "not_decoded")}

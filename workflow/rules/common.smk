@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from deidpipe.approvals import decided_sessions
 from deidpipe.config import check_profile_exists, normalise_config
 from deidpipe.errors import PipelineError
 from deidpipe.profile import profile_sources
@@ -88,7 +89,8 @@ def final_targets():
 
 
 def finish_run(succeeded):
-    lines = write_summary(SESSIONS, RESULTS, config["upload"])
+    lines = write_summary(SESSIONS, RESULTS, config["upload"], approvals=config["approvals"],
+                          upload_warned=config["upload_warned"])
     if config["phi_log"]:
         lines.append(f"WARNING: the PHI log in {config['phi_log']} holds patient identifiers "
                      "(values before and after de-identification). Keep it private and delete "
