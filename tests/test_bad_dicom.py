@@ -268,8 +268,9 @@ def test_session_with_bad_files_fails_but_its_good_files_are_staged(zoo):
 def test_source_is_unchanged_and_no_temporary_file_is_left(zoo):
     assert zoo["source_unchanged"]
     assert files_below(zoo["staged"]) == {entry["staged"] for entry in zoo["manifest"]["files"]}
+    # The session folder, its manifest and the review page verification wrote beside them.
     assert sorted(path.name for path in zoo["staged"].parent.iterdir()) == [
-        "ses-01", "ses-01.manifest.json"]
+        "ses-01", "ses-01.manifest.json", "ses-01.review.html"]
 
 
 def test_engine_messages_would_leak_but_manifest_and_report_hold_no_value(zoo, tmp_path):

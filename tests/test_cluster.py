@@ -46,7 +46,7 @@ def calls_by_subject(log: Path) -> list[dict]:
 
 
 def test_cluster_jobs_give_the_local_run_and_uploads_stay_on_the_submit_host(project, tmp_path):
-    upload = ["--config", "upload=true", f"fw={FAKE_FW}"]
+    upload = ["--config", "upload=true", f"fw={FAKE_FW}", "upload_warned=true"]
     local_fw, cluster_fw = tmp_path / "fw-local.jsonl", tmp_path / "fw-cluster.jsonl"
     local = run_snakemake(project, *upload, env={"FAKE_FW_LOG": str(local_fw)})
     assert local.returncode == 0, local.stderr

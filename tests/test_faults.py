@@ -15,7 +15,8 @@ import pytest
 from conftest import FAKE_FW, identifiers_in_run_outputs, run_snakemake, tree_digest
 from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session
 
-UPLOAD = ["--config", "upload=true", f"fw={FAKE_FW}"]
+# Warned sessions upload without approval here: these tests are about interrupted runs.
+UPLOAD = ["--config", "upload=true", f"fw={FAKE_FW}", "upload_warned=true"]
 
 
 def add_big_session(project: Path, files: int = 240) -> None:
