@@ -91,7 +91,7 @@ def test_mutants_never_crash_and_every_file_is_accounted_for(clean_session, tmp_
                     if "neither staged nor listed" in finding["message"]], where
         assert files_below(staged) == {entry["staged"] for entry in manifest["files"]}, where
         assert sorted(path.name for path in staged.parent.iterdir()) == [
-            "ses-01", "ses-01.manifest.json"], where
+            "ses-01", "ses-01.manifest.json", "ses-01.review.html"], where
         text = manifest_path.read_text()
         assert [needle for needle in identifier_needles() if needle.decode() in text] == [], where
         for group, element in re.findall(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)", text):
