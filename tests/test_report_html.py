@@ -518,7 +518,7 @@ def test_sessions_section_shows_the_review_escaped(reviews):
     assert "<b>" not in page and "Ann &lt;b&gt;Reviewer&lt;/b&gt;" in page
     assert "JDOE" not in page
     section = parse(page).by_id("sessions")
-    assert table_headers(section)[7:] == ["Uploaded", "Review", "Verification report"]
+    assert table_headers(section)[7:] == ["Uploaded", "Review", "Verification report", "Images"]
     review = {row[3]: row[8] for row in section.table_rows()}
     assert review["sub-003"] == "approved by Ann <b>Reviewer</b> on 2025-05-01 14:30+02:00"
     assert review["sub-005"] == "rejected by Bob on 2025-05-02 09:15+00:00"
@@ -632,3 +632,17 @@ def test_chromium_shows_312_findings_as_one_row(tmp_path):
     assert len(rows) == 1 and rows[0][4] == "312"
     assert rows[0][5].splitlines() == ["1-T1/1.2.1.MR.dcm", "1-T1/1.2.2.MR.dcm",
                                        "1-T1/1.2.3.MR.dcm", "and 309 more"]
+
+
+def test_sessions_link_their_review_page_in_staging(tmp_path):
+    results = tmp_path / "results"
+    rows = [session(2, "sub-001"), session(3, "sub-002")]
+    page_path = tmp_path / "staging" / GROUP / PROJECT / "sub-001" / "ses-01.review.html"
+    write_session(results, rows[0], new_report("sub-001", "pass", review_page=str(page_path)))
+    write_session(results, rows[1], new_report("sub-002", "pass", review_page=WITHHELD))
+    write_summary(rows, results, upload=False)
+    section = parse((results / "report.html").read_text(encoding="utf-8")).by_id("sessions")
+    links = [node.attrs.get("href") for node in section.iter("a")]
+    assert f"../staging/{GROUP}/{PROJECT}/sub-001/ses-01.review.html" in links
+    assert [row[-1] for row in section.table_rows()] == [
+        "review page", "not linked (its path holds an identifier)"]

@@ -3,6 +3,7 @@
 
 import html
 import numbers
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -383,7 +384,7 @@ def _sessions_section(batch: _Batch, results: str | Path) -> str:
         files = row["files"] if row["files"] != "" else "not known"
         rows.append([row["row"], row["group"], row["project"], row["subject"], row["session"],
                      files, _status_badge(str(row["status"])), row["uploaded"], row["review"],
-                     link])
+                     link, _review_page_link(batch.reports[index], results)])
     explanation = "Most urgent first. What each status means and what to do:"
     meanings = [
         ("fail", "not uploaded. Read its findings below, fix the source or the profile, then "
@@ -402,9 +403,24 @@ def _sessions_section(batch: _Batch, results: str | Path) -> str:
                      for status, meaning in meanings)
     legend += ("<li>A label shown as withheld holds an identifier: give that row of "
                "sessions.tsv another label.</li>")
+    legend += ("<li>Images: the session's review page, beside its staged copy in staging "
+               "(private: it shows the images as they will be uploaded): the images in which "
+               "OCR read text, those at risk of burned-in text, and one per series.</li>")
     table = _table(["Row in sessions.tsv", "Group", "Project", "Subject", "Session", "Files",
-                    "Status", "Uploaded", "Review", "Verification report"], rows)
+                    "Status", "Uploaded", "Review", "Verification report", "Images"], rows)
     return _section("sessions", "Sessions", explanation, f"<ul>{legend}</ul>\n{table}")
+
+
+def _review_page_link(report: dict[str, Any] | None, results: str | Path) -> object:
+    """A link to the session's review page (in staging), relative to this page's folder."""
+    page = (report or {}).get("review_page")
+    if not page:
+        return "none (OCR is off or the session was not verified)"
+    if page == WITHHELD:
+        return "not linked (its path holds an identifier)"
+    relative = Path(os.path.relpath(Path(page).resolve(), Path(results).resolve()))
+    href = "/".join(quote(part) for part in relative.parts)
+    return SafeHtml(f'<a href="{html.escape(href)}">review page</a>')
 
 
 def _plural(count: int, word: str) -> str:

@@ -113,10 +113,16 @@ def plant_demo_leaks(dataset: Dataset) -> None:
 
 
 def make_dose_screen_capture(dataset: Dataset) -> None:
-    """A scanner's dose summary saved as a screen capture: text is usually burned in."""
+    """A scanner's dose summary saved as a screen capture: its text is burned in (dose
+    figures, no identifier: the review page shows it for a person to read)."""
+    from deidpipe.synthetic_images import render_text  # it builds on this module
+
     dataset.SOPClassUID = SecondaryCaptureImageStorage
     dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     dataset.ConversionType = "WSD"
+    pixels = dataset.pixel_array
+    dataset.PixelData = render_text(pixels, [(4, 4, "DOSE REPORT"), (4, 24, "DLP 820 mGy")],
+                                    size=12, value=int(pixels.max())).tobytes()
 
 
 def demo_sessions() -> list[SessionSpec]:
