@@ -586,6 +586,12 @@ def test_no_verified_session_still_gives_a_page(tmp_path):
 
 # ---- the page as a browser shows it ----------------------------------------------------------
 
+# Headless, and no connection attempts (this machine has no network).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
 def render_in_chromium(page: Path, tmp_path: Path) -> str:
     """The DOM after Chromium has loaded (and run whatever it would run in) the page."""
     if not CHROMIUM.exists():
@@ -594,9 +600,8 @@ def render_in_chromium(page: Path, tmp_path: Path) -> str:
     profile_dir = tmp_path / "chromium-profile"
     profile_dir.mkdir()
     result = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile_dir}", "--dump-dom", page.as_uri()],
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--dump-dom",
+         page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_report_html import CHROMIUM, Node, parse, render_in_chromium
+from test_report_html import CHROMIUM, CHROMIUM_FLAGS, Node, parse, render_in_chromium
 
 from deidpipe.review import (
     MAX_CARDS,
@@ -370,9 +370,8 @@ def screenshot_in_chromium(page: Path, tmp_path: Path, output: Path,
     profile_dir = tmp_path / "chromium-screenshot-profile"
     profile_dir.mkdir()
     result = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile_dir}", "--force-color-profile=srgb",
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
+         "--force-color-profile=srgb",
          "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
          f"--screenshot={output}", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
