@@ -207,7 +207,8 @@ def test_numeric_group_keeps_its_text(project):
 
 def test_phi_log_is_opt_in_private_and_announced(project):
     result = run_snakemake(project, "--config", "phi_log=phi-log",
-                           "checks={staff_name: fail, private_tags: keep, burned_in_risk: 'off'}")
+                           "checks={staff_name: fail, private_tags: keep, burned_in_risk: 'off', "
+                           "burned_in_text_review: 'off'}")
     # sub-003 still fails (its leaks); sub-002's warnings are switched off, so it passes.
     summary = pd.read_csv(project / "results/summary.tsv", sep="\t", dtype=str)
     assert dict(zip(summary.subject, summary.status, strict=True)) == {
