@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate, permutations
+from typing import Any
 
+import ahocorasick
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -376,12 +378,36 @@ class Matcher:
     def find_in_bytes(self, data: bytes) -> list[tuple[Needle, int]]:
         """Every place a needle is written in ``data`` (case-insensitive) between
         non-alphanumeric bytes: (needle, offset), by offset. The caller decides which element,
-        if any, holds each offset."""
+        if any, holds each offset. All written forms are searched in one pass (Aho-Corasick)
+        over the bytes read as Latin-1, which keeps every offset."""
+        automaton = self._raw_automaton()
+        if automaton is None:
+            return []
         lowered = data.lower()
-        hits = {(needle, offset) for needle, forms in self.raw_needles for form in forms
-                for offset in _find_bounded(lowered, form, is_short_number(needle.folded),
-                                            needle.may_be_glued)}
+        hits = set()
+        for end, (index, form) in automaton.iter(lowered.decode("latin-1")):
+            needle = self.raw_needles[index][0]
+            offset = end - len(form) + 1
+            if _bounded_at(lowered, offset, form, is_short_number(needle.folded),
+                           needle.may_be_glued):
+                hits.add((needle, offset))
         return sorted(hits, key=lambda hit: (hit[1], hit[0].folded))
+
+    def _raw_automaton(self) -> Any:
+        if not hasattr(self, "_automaton"):
+            automaton = None
+            forms = {(form, index) for index, (_needle, needle_forms) in
+                     enumerate(self.raw_needles) for form in needle_forms}
+            if forms:
+                automaton = ahocorasick.Automaton()
+                for form, index in sorted(forms):
+                    key = form.decode("latin-1")
+                    # Forms of different needles can coincide: keep the first, strongest.
+                    if key not in automaton:
+                        automaton.add_word(key, (index, form))
+                automaton.make_automaton()
+            self._automaton = automaton
+        return self._automaton
 
 
 # What OCR confuses, folded to one character on both sides: O/0, I/l/1, S/5, B/8, Z/2, G/6.
@@ -414,24 +440,18 @@ def _bounded(folded: str, start: int, end: int, token_ends: set[int], glued: boo
     return not digits_before and not digits_after
 
 
-def _find_bounded(data: bytes, form: bytes, number: bool, glued: bool = False
-                  ) -> Iterator[int]:
-    """Offsets of ``form`` in ``data`` not inside a longer word (or number, for numbers:
-    '1234' is not found in '0.12345' or '1.1234'). An ID-like form (``glued``) may touch
-    letters, but never continue a run of digits."""
-    digits = DIGIT_BYTES | (NUMBER_BYTES if number else frozenset())
+def _bounded_at(data: bytes, offset: int, form: bytes, number: bool, glued: bool) -> bool:
+    """``form`` at ``offset`` is not inside a longer word (or number, for numbers: '1234' is
+    not found in '0.12345' or '1.1234'). An ID-like form (``glued``) may touch letters, but
+    never continue a run of digits."""
+    before = data[offset - 1] if offset > 0 else None
+    after = data[offset + len(form)] if offset + len(form) < len(data) else None
+    if glued:
+        digits = DIGIT_BYTES | (NUMBER_BYTES if number else frozenset())
+        return not (form[0] in DIGIT_BYTES and before in digits) and not (
+            form[-1] in DIGIT_BYTES and after in digits)
     joined = WORD_BYTES | (NUMBER_BYTES if number else frozenset())
-    offset = data.find(form)
-    while offset >= 0:
-        before = data[offset - 1] if offset > 0 else None
-        after = data[offset + len(form)] if offset + len(form) < len(data) else None
-        if glued:
-            if not (form[0] in DIGIT_BYTES and before in digits) and not (
-                    form[-1] in DIGIT_BYTES and after in digits):
-                yield offset
-        elif before not in joined and after not in joined:
-            yield offset
-        offset = data.find(form, offset + 1)
+    return before not in joined and after not in joined
 
 
 @lru_cache(maxsize=4096)
