@@ -63,7 +63,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MB = 1_000_000
 SAMPLE_SECONDS = 0.02
 
-# Targets (issue 5).
+# Targets the benchmark checks (speed, scale, memory).
 STAGING_VS_FWMIG = 5.0
 VERIFY_VS_STAGE = 1.0
 PIPELINE_VS_CP = 0.2

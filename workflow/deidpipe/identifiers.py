@@ -32,7 +32,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-# Attributes whose values identify the patient (issue 3, section 1), besides every PN.
+# Attributes whose values identify the patient, besides every PN.
 IDENTIFIER_KEYWORDS = (
     "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate",
     "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator",
