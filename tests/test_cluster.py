@@ -5,6 +5,7 @@ verification reports and the summary must be those of a local run, and uploads m
 submit host."""
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -30,11 +31,20 @@ def cluster_args() -> list[str]:
         "--default-resources", "mem_mb=100", "runtime=5"]
 
 
+WRITTEN = re.compile(r"<dt>Written</dt><dd>[^<]*</dd>")
+
+
 def outputs(project: Path) -> dict:
     """What must not depend on where a job ran."""
     results = project / "results"
+    staging = project / "staging"
+    digests = tree_digest(staging)
+    pages = {name: WRITTEN.sub("", (staging / name).read_text(encoding="utf-8"))
+             for name in list(digests) if name.endswith(".review.html")}
     return {
-        "staging": tree_digest(project / "staging"),
+        # Review pages say when they were written (to the minute): compared without that line.
+        "staging": {name: digest for name, digest in digests.items() if name not in pages},
+        "review_pages": pages,
         "reports": {path.relative_to(results).as_posix(): json.loads(path.read_text())
                     for path in sorted((results / "verify").rglob("*.json"))},
         "summary": (results / "summary.tsv").read_text(),
@@ -75,6 +85,8 @@ def test_cluster_jobs_give_the_local_run_and_uploads_stay_on_the_submit_host(pro
     # Same bytes, reports, summary and uploads as the local run.
     actual = outputs(project)
     assert actual["staging"] == expected["staging"]
+    assert actual["review_pages"] == expected["review_pages"]
+    assert len(actual["review_pages"]) == 3
     assert actual["reports"] == expected["reports"]
     assert actual["summary"] == expected["summary"]
     assert len(actual["staging"]) > 10 and len(actual["reports"]) == 3
