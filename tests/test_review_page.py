@@ -20,7 +20,7 @@ from deidpipe.review import (
     ReviewImage,
     ReviewText,
     render_review_page,
-    review_page_path,
+    review_page_beside,
     write_review_page,
 )
 from deidpipe.stage import MANIFEST_SUFFIX, staged_dir_beside
@@ -329,19 +329,17 @@ def test_page_is_capped_at_500_cards_most_urgent_first():
 
 # ---- the file ----------------------------------------------------------------------------------
 
-def test_review_page_path_is_beside_the_staged_session():
+def test_review_page_is_beside_the_staged_session():
     manifest = Path("/staging/demo/deid-demo/sub-001") / f"ses-01{MANIFEST_SUFFIX}"
-    path = review_page_path(manifest)
+    path = review_page_beside(staged_dir_beside(manifest))
     assert path == Path("/staging/demo/deid-demo/sub-001/ses-01.review.html")
     assert path.parent == staged_dir_beside(manifest).parent
-    assert review_page_path(str(manifest)) == path
-    with pytest.raises(ValueError):
-        review_page_path("/staging/demo/deid-demo/sub-001/ses-01.json")
+    assert review_page_beside("/staging/demo/deid-demo/sub-001/ses-01") == path
 
 
 def test_written_owner_only_and_atomically(tmp_path):
     manifest = tmp_path / "staging" / "demo" / "deid-demo" / "sub-001" / "ses-01.manifest.json"
-    path = review_page_path(manifest)
+    path = review_page_beside(staged_dir_beside(manifest))
     old_umask = os.umask(0o022)
     try:
         write_review_page(path, TITLE, IMAGES, COUNTS, WHEN)

@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 
 from deidpipe.files import write_private_bytes
-from deidpipe.stage import staged_dir_beside
 
 REVIEW_SUFFIX = ".review.html"
 MAX_CARDS = 500
@@ -149,12 +148,6 @@ footer { margin-top: 2.5rem; font-size: .85rem; color: #444; }
                                       -webkit-print-color-adjust: exact; }
 }
 """
-
-
-def review_page_path(manifest_path: str | Path) -> Path:
-    """Where a session's review page goes: beside its staging manifest and staged folder
-    (``.../sub-01/ses-01.review.html`` for ``.../sub-01/ses-01.manifest.json``)."""
-    return review_page_beside(staged_dir_beside(manifest_path))
 
 
 def review_page_beside(staged_session_dir: str | Path) -> Path:
@@ -332,7 +325,7 @@ def render_review_page(title: str, images: Sequence[ReviewImage], counts: dict[s
 def write_review_page(path: str | Path, title: str, images: Sequence[ReviewImage],
                       counts: dict[str, int], generated_at: datetime | None = None) -> None:
     """Write the review page atomically, owner-only (0600), at ``path`` (see
-    review_page_path: beside the staged session, never in results)."""
+    review_page_beside: beside the staged session, never in results)."""
     when = generated_at or datetime.now().astimezone()
     page = render_review_page(title, images, counts, when)
     write_private_bytes(path, page.encode("utf-8"))

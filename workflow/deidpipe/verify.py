@@ -898,7 +898,7 @@ def read_burned_in_text(dataset: Dataset, staged: str, name: str, at_risk: bool,
         if reasons:
             context.review_images.append(ReviewImage(
                 staged, frame, series, tuple(reasons),
-                thumbnail_png(image, [box for box in boxes]), tuple(texts)))
+                thumbnail_png(image, boxes), tuple(texts)))
 
 
 # ---- session checks --------------------------------------------------------------------------
