@@ -1001,8 +1001,10 @@ def report_private_tags(context: SessionContext) -> dict[str, Any]:
     withheld = sum(entry["values_withheld"] for entry in review)
     if review:
         message = (f"{len(review)} private element(s) that TCIA's knowledge base does not know "
-                   f"to be safe hold text: {distinct_values} distinct value(s) to read in the "
-                   "report's list of private elements")
+                   "to be safe hold text")
+        if distinct_values:
+            message += (f": {distinct_values} distinct value(s) to read in the report's list of "
+                        "private elements")
         if withheld:
             message += (f"; the values in {withheld} file(s) are not shown there because "
                         "they hold an identifier (see the identifier findings)")
