@@ -28,6 +28,7 @@ from deidpipe.profile import generate_profile
 from deidpipe.stage import deidentify_file, make_engine, stage_session
 from deidpipe.synthetic import FAKE_IDENTIFIERS, UID_PREFIX, plant_image_comments
 from deidpipe.verify import verify_session
+from expected_reports import assert_report_unchanged
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -176,6 +177,7 @@ def zoo(tmp_path_factory) -> dict:
     report = verify_session(source, staged, manifest_path, profile, LABELS,
                             root / "results" / "report.json",
                             settings={"checks": {"staff_name": "warn"}})
+    assert_report_unchanged("bad_dicom", "zoo", root / "results" / "report.json", root)
     return {"source": source, "staged": staged, "manifest": manifest, "report": report,
             "manifest_text": manifest_path.read_text(), "source_unchanged": before == after_staging,
             "report_text": (root / "results" / "report.json").read_text()}
@@ -310,6 +312,8 @@ def test_verification_reads_sources_without_a_file_header(tmp_path, profile_v1):
     staged, manifest = tmp_path / "staged", tmp_path / "m.json"
     assert stage_session(source, profile_v1, staged, manifest)["counts"]["staged"] == 2
     report = verify_session(source, staged, manifest, profile_v1, LABELS, tmp_path / "r.json")
+    assert_report_unchanged("bad_dicom", "source without a file header", tmp_path / "r.json",
+                            tmp_path)
     assert report["identifier_values_searched"] == len(FAKE_IDENTIFIERS)
     assert report["status"] == "fail"
     assert {finding["check"] for finding in report["findings"]} >= {"identifier_leak"}

@@ -17,6 +17,7 @@ from deidpipe.profile import generate_profile
 from deidpipe.stage import list_source_files, stage_session
 from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session
 from deidpipe.verify import verify_session
+from expected_reports import assert_report_unchanged
 
 MUTANTS = 60
 SEED = 20240404
@@ -79,6 +80,8 @@ def test_mutants_never_crash_and_every_file_is_accounted_for(clean_session, tmp_
         manifest = stage_session(source, profile, staged, manifest_path)
         report = verify_session(source, staged, manifest_path, profile, LABELS,
                                 tmp_path / f"mutant{number:02d}" / "report.json")
+        assert_report_unchanged("mutation", f"mutant{number:02d}",
+                                tmp_path / f"mutant{number:02d}" / "report.json", tmp_path)
 
         assert tree_digest(source) == before, where
         listed = sorted(entry["source"] for part in ("files", "skipped", "errors")
@@ -125,6 +128,7 @@ def test_verification_reports_a_staged_file_with_a_damaged_sequence(clean_sessio
     data[at:at + 4] = (int.from_bytes(data[at:at + 4], "little") + 4).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     report = verify_session(source, staged, manifest_path, profile, LABELS, tmp_path / "r.json")
+    assert_report_unchanged("mutation", "damaged sequence", tmp_path / "r.json", tmp_path)
     assert report["status"] == "fail"
     assert {finding["check"] for finding in report["findings"]} >= {"inventory", "integrity"}
 
@@ -140,5 +144,7 @@ def test_verification_reports_a_damaged_element_after_the_pixel_data(clean_sessi
     staged, manifest_path = tmp_path / "staged", tmp_path / "m.json"
     assert stage_session(source, profile, staged, manifest_path)["counts"]["error"] == 0
     report = verify_session(source, staged, manifest_path, profile, LABELS, tmp_path / "r.json")
+    assert_report_unchanged("mutation", "damaged element after the pixel data",
+                            tmp_path / "r.json", tmp_path)
     assert report["status"] == "fail"
     assert "integrity" in {finding["check"] for finding in report["findings"]}

@@ -10,6 +10,7 @@ from conftest import identifier_needles
 from deidpipe.profile import generate_profile
 from deidpipe.stage import stage_session
 from deidpipe.verify import verify_session
+from expected_reports import assert_report_unchanged
 from planted import CASES, CONTROLS, Case, build_case
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ def verify_case(case: Case, folder: Path, profile_path: Callable[[str], Path]
     labels = {"group": "g", "project": "p", "subject": case.subject, "session": "ses-01"}
     report_path = folder / "report.json"
     report = verify_session(source, staged, manifest, profile, labels, report_path)
+    assert_report_unchanged("planted", case.kind, report_path, folder)
     return report, report_path.read_bytes()
 
 
