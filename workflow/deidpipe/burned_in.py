@@ -8,9 +8,13 @@ Two kinds of flag, each its own check so that their severities can differ:
 A whitelist rule of the filter list (for example 'BurnedInAnnotation NO') clears the risk.
 """
 
+import importlib.util
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 # SOP classes where text in the image is common (PS3.4 storage SOP class UIDs).
@@ -49,32 +53,32 @@ class BurnedInScreen:
     the files of one series nearly always share them."""
 
     use_filter_list: bool = True
-    _recipe: Any = None
+    _rules: tuple["_Rule", ...] = ()
+    _apply_filter: Callable[..., bool] | None = None
     _fields: tuple[str, ...] = ()
-    _memo: dict[tuple[str, ...], list[Flag]] = field(default_factory=dict)
+    _memo: dict[tuple[Any, ...], list[Flag]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.use_filter_list:
-            # Slow imports (matplotlib), only when used; done here rather than at the first
-            # image so that worker processes forked later inherit them.
-            import deid.dicom.pixels.detect  # noqa: F401
+            # Done here rather than at the first image so that worker processes forked later
+            # inherit the parsed list.
             from deid.config import DeidRecipe
             from deid.logger import bot
 
             # deid prints its own messages, some with values: silence them all.
             bot.level = SILENT
-            self._recipe = DeidRecipe("dicom")
+            self._rules = _prepare(DeidRecipe("dicom").get_filters() or {})
+            self._apply_filter = _deid_apply_filter()
             fields = {"BurnedInAnnotation", "SOPClassUID", "Modality", "ImageType"}
-            for items in self._recipe.get_filters().values():
-                for item in items:
-                    for group in item.get("filters", []):
-                        fields.update(group.get("field", []))
+            for rule in self._rules:
+                for line in rule.lines:
+                    fields.update(step[0] for step in line if isinstance(step, tuple))
             self._fields = tuple(sorted(fields))
         else:
             self._fields = ("BurnedInAnnotation", "ImageType", "Modality", "SOPClassUID")
 
     def flags(self, dataset: Dataset) -> list[Flag]:
-        key = tuple(_text(dataset, name) for name in self._fields)
+        key = tuple(_field_state(dataset, name) for name in self._fields)
         if key not in self._memo:
             self._memo[key] = self._evaluate(dataset)
         return self._memo[key]
@@ -111,15 +115,128 @@ class BurnedInScreen:
 
     def _filter_list(self, dataset: Dataset) -> tuple[list[str], bool]:
         """deid's rules that match: (graylist/blacklist reasons, whether a whitelist matched)."""
-        if self._recipe is None:
+        if self._apply_filter is None:
             return [], False
-        from deid.dicom.pixels.detect import has_burned_pixels
+        apply_filter = self._apply_filter
+        # The same test recurs across rules (463 tests, 186 different ones in deid 0.4.13);
+        # each only reads the dataset, so each is run once.
+        tested: dict[tuple[str, str, str], bool] = {}
 
-        result = has_burned_pixels(dataset, deid=self._recipe)
-        reasons = [f"deid filter list ({hit['group']}): {_readable(hit['reason'])}"
-                   for hit in result["results"] if hit["group"] != "whitelist"]
-        cleared = any(hit["group"] == "whitelist" for hit in result["results"])
+        def result(test: tuple[str, str, str]) -> bool:
+            if test not in tested:
+                name, action, value = test
+                tested[test] = apply_filter(dicom=dataset, field=name, filter_name=action,
+                                            value=value or None)
+            return tested[test]
+
+        hits = [rule for rule in self._rules if rule.matches(result)]
+        reasons = [f"deid filter list ({rule.group}): {_readable(rule.reason)}"
+                   for rule in hits if rule.group != "whitelist"]
+        cleared = any(rule.group == "whitelist" for rule in hits)
         return reasons, cleared
+
+
+def _deid_apply_filter() -> Callable[..., bool]:
+    """deid's own filter functions (deid/dicom/filter.py, which needs only pydicom and
+    deid.logger). Imported by name it would first run deid.dicom's package init, which imports
+    the pixel cleaner and with it matplotlib (0.5 s or more), so it is loaded from its file.
+    Like deid's import, loading it adds deid's filter methods to pydicom's Dataset."""
+    import deid
+
+    path = Path(deid.__file__).parent / "dicom" / "filter.py"
+    spec = importlib.util.spec_from_file_location("deidpipe._deid_dicom_filter", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load deid's filter functions from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    apply_filter: Callable[..., bool] = module.apply_filter
+    return apply_filter
+
+
+# One step of a line of a rule: a test (field, action, value) or the operator after one.
+_Step = tuple[str, str, str] | str
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One item of deid's filter list, prepared once. It matches, and its reason is worded
+    (less deid's leading operator, which ``_readable`` drops anyway), as in deid's
+    ``_has_burned_pixels_single`` (deid/dicom/pixels/detect.py, which cannot be imported
+    without matplotlib), quirks kept on purpose so that results stay deid's: the operator that
+    starts a line ('+', '||') only enters deid's reason, the lines of an item are ANDed, and a
+    missing or empty test takes no value, so later tests of its line take values by position."""
+
+    group: str  # 'whitelist', 'graylist' or 'blacklist'
+    reason: str
+    lines: tuple[tuple[_Step, ...], ...]
+    always: bool = False  # no tests but coordinates: deid flags every image
+
+    def matches(self, result: Callable[[tuple[str, str, str]], bool]) -> bool:
+        if self.always:
+            return True
+        flags = [_combine([step if isinstance(step, str) else result(step) for step in line])
+                 for line in self.lines]
+        return _combine(flags) is True
+
+
+def _prepare(filters: Mapping[str, list[dict[str, Any]]]) -> tuple[_Rule, ...]:
+    """deid's parsed filter list (``DeidRecipe.get_filters()``) as rules, in deid's order."""
+    rules = []
+    for group_name, items in filters.items():
+        for item in items:
+            if not item.get("filters") and item.get("coordinates"):
+                rules.append(_Rule(group_name, item.get("name", ""), (), always=True))
+                continue
+            lines = []
+            descriptions = []
+            for group in item["filters"]:
+                line: list[_Step] = []
+                for a, action in enumerate(group["action"]):
+                    name = group["field"][a]
+                    value = group["value"][a] if len(group["value"]) > a else ""
+                    line.append((name, action, value))
+                    description = f"{name} {action} {value}"
+                    if len(group["InnerOperators"]) > a:
+                        line.append(group["InnerOperators"][a])
+                        description = f"{description} {group['InnerOperators'][a]}"
+                    descriptions.append(description)
+                lines.append(tuple(line))
+            rules.append(_Rule(group_name, " ".join(descriptions), tuple(lines)))
+    return tuple(rules)
+
+
+def _combine(flags: list[Any]) -> Any:
+    """deid's ``evaluate_group``: left to right without precedence; a flag with no operator
+    before it is ANDed with what came before."""
+    steps: Iterator[Any] = iter(flags[1:] if flags and flags[0] in ("and", "or") else flags)
+    flagged: Any = False
+    first = True
+    for step in steps:
+        if step == "and":
+            flagged = next(steps) and flagged
+        elif step == "or":
+            flagged = next(steps) or flagged
+        else:
+            flagged = step if first else flagged and step
+        first = False
+    return flagged
+
+
+def _field_state(dataset: Dataset, name: str) -> tuple[bool, str | None]:
+    """What the rules can see of one field, for the memo key: deid's 'missing' asks whether the
+    value is None and its 'empty' whether the element is there with no value, so presence
+    counts as well as the value's text."""
+    if "0x" in name:  # deid's apply_filter reads these by number, which gives the element
+        element = dataset.get(int(name, 0))
+        return element is not None, None if element is None else str(element)
+    tag = tag_for_keyword(name)
+    if tag is None:  # not a keyword (deid's list has 'Manfacturer'): deid reads an attribute
+        value = dataset.get(name)
+        return False, None if value is None else str(value)
+    if tag not in dataset:  # most are absent: cheaper than get(), which raises inside
+        return False, None
+    value = dataset[tag].value
+    return True, None if value is None else str(value)
 
 
 def _image_type_values(dataset: Dataset) -> set[str]:

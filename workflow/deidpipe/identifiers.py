@@ -22,7 +22,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import accumulate, permutations
 from typing import Any
 
@@ -83,11 +83,12 @@ class Needle:
     # Indexes of tokens that are a name's initials: they match only when written as capitals.
     initials: tuple[int, ...] = ()
 
-    @property
+    # Cached: the matcher asks for these for every needle at every candidate place.
+    @cached_property
     def folded(self) -> str:
         return "".join(self.tokens)
 
-    @property
+    @cached_property
     def may_be_glued(self) -> bool:
         """An ID-like value long enough to be told apart inside a longer token."""
         folded = self.folded
@@ -278,6 +279,9 @@ class IdentifierSet:
                                                                  needle.attribute)))
 
 
+TEXT_RESULTS_KEPT = 200_000  # distinct element texts whose search result a process keeps
+
+
 @dataclass
 class Matcher:
     """Finds needles in text (token-aligned) and in raw bytes."""
@@ -345,6 +349,32 @@ class Matcher:
                         found.setdefault(index, []).append(needle)
                 start = folded.find(target, start + 1)
         return {index: _strongest_per_attribute(needles) for index, needles in found.items()}
+
+    def find_each(self, texts: list[str], numeric: Set[int] = frozenset()
+                  ) -> dict[int, list[Needle]]:
+        """As ``find_in_texts``, remembering each text's result: a match never depends on
+        the texts beside it, and the files of a session repeat most of their values."""
+        cache: dict[tuple[str, bool], list[Needle]] = self.__dict__.setdefault(
+            "_text_results", {})
+        found: dict[int, list[Needle]] = {}
+        missing = []
+        for index, text in enumerate(texts):
+            known = cache.get((text, index in numeric))
+            if known is None:
+                missing.append(index)
+            elif known:
+                found[index] = known
+        if missing:
+            searched = self.find_in_texts([texts[index] for index in missing],
+                                          {position for position, index in enumerate(missing)
+                                           if index in numeric})
+            for position, index in enumerate(missing):
+                needles = searched.get(position, [])
+                if len(cache) < TEXT_RESULTS_KEPT:
+                    cache[(texts[index], index in numeric)] = needles
+                if needles:
+                    found[index] = needles
+        return dict(sorted(found.items()))
 
     def find_in_ocr_text(self, text: str) -> list[Needle]:
         """Needles in text read from pixels, tolerant of OCR's confusions (O/0, I/1/l, S/5,

@@ -16,10 +16,12 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -27,6 +29,8 @@ from pydicom.multival import MultiValue
 
 from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.burned_in import BurnedInScreen
+from deidpipe.dicom.datasets import ConversionMemo, NotPlain, read_file
+from deidpipe.dicom.reader import PIXEL_DATA, UNDEFINED_LENGTH, Element, mapped
 from deidpipe.documents import document_text
 from deidpipe.errors import PipelineError
 from deidpipe.files import files_below, read_json, write_json, write_private_bytes
@@ -58,7 +62,7 @@ SEVERITY_ORDER = {"pass": 0, "warn": 1, "fail": 2}
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 FIRST_IMAGE_DATA_TAG = 0x7FE00008
 MISSING = object()
-UNDEFINED_LENGTH = 0xFFFFFFFF
+SOP_INSTANCE_UID = 0x00080018
 PREAMBLE_BYTES = 128
 COMPARE_CHUNK = 1 << 20
 
@@ -275,42 +279,100 @@ class StagedRead:
     # Where each element's value lies in the file, by start offset: a byte-scan hit is
     # attributed to the element that holds it.
     spans: list["ValueSpan"] = field(default_factory=list)
+    # The bytes of uncompressed pixel data (start, end): numbers, not text; the raw scan
+    # skips them (compressed data is scanned: a JPEG comment segment can hold text).
+    native_pixels: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class ValueSpan:
-    """The bytes ``start:end`` of the file are the value of ``dataset[tag]``."""
+    """The bytes ``start:end`` of the file are the value of the element ``tag`` of the item
+    reached from ``root`` by ``path`` ((sequence tag, item number) pairs, outermost first)."""
 
     start: int
     end: int
-    nesting: Nesting
-    dataset: Dataset
+    root: Dataset
+    path: tuple[tuple[int, int], ...]
     tag: int
 
-    def element(self) -> DataElement:
-        return self.dataset[self.tag]
+    def located(self) -> tuple[Nesting, DataElement]:
+        nesting: Nesting = ()
+        dataset = self.root
+        for sequence_tag, number in self.path:
+            sequence = dataset[sequence_tag]
+            nesting = (*nesting, (sequence, number))
+            dataset = sequence.value[number - 1]
+        return nesting, dataset[self.tag]
+
+
+# Values converted in this process, reused across the session's files (a series shares most of
+# its header): see deidpipe.dicom.datasets.
+_conversion_memo: ConversionMemo = {}
 
 
 def read_staged(data: bytes) -> StagedRead:
-    """Parse a staged file whole, converting every element; if its end cannot be read
-    (trailing bytes, a damaged element), fall back to the header before the pixel data."""
+    """Every element of a staged file, read with the project's reader; a file that reader
+    does not stand for exactly (damaged, unusual) is read by pydicom instead."""
+    try:
+        read = read_file(data, _conversion_memo)
+    except NotPlain:
+        read = None
+    if read is None:
+        return _read_staged_with_pydicom(data)
+    dataset, structure = read.dataset, read.read.structure
+    dataset.file_meta = read.file_meta
+    image_heads = [element.head for element in read.read.elements
+                   if element.tag in PIXEL_TAGS]
+    native_pixels = None
+    spans: list[ValueSpan] = []
+    raw_values: dict[int, bytes | None] = {}
+    for root, elements in ((read.file_meta, read.read.meta), (dataset, read.read.elements)):
+        _reader_spans(root, elements, (), spans)
+    for element in read.read.elements:
+        raw_values[element.tag] = data[element.start:element.end]
+        if element.tag == PIXEL_DATA and element.length != UNDEFINED_LENGTH:
+            native_pixels = (element.start, element.end)
+    return StagedRead(dataset, structure.image_end, "", min(image_heads, default=None),
+                      raw_values, sorted(spans, key=_span_start), native_pixels)
+
+
+def _reader_spans(root: Dataset, elements: list[Element], path: tuple[tuple[int, int], ...],
+                  spans: list["ValueSpan"]) -> None:
+    for element in elements:
+        if element.items is None:
+            spans.append(ValueSpan(element.start, element.end, root, path, element.tag))
+            continue
+        for number, item in enumerate(element.items, start=1):
+            _reader_spans(root, item, (*path, (element.tag, number)), spans)
+
+
+def _read_staged_with_pydicom(data: bytes) -> StagedRead:
+    """Parse a staged file whole with pydicom, converting every element; if its end cannot be
+    read (trailing bytes, a damaged element), fall back to the header before the pixel data."""
     pixel_end = None
     try:
         dataset = dcmread(io.BytesIO(data))
         # From the raw elements, before conversion.
         pixel_start, pixel_end = _image_data_span(dataset)
         raw_values = _raw_values(dataset)
-        spans = _value_spans(dataset.file_meta, data) + _value_spans(dataset, data)
+        spans = (_value_spans(dataset.file_meta, dataset.file_meta, data)
+                 + _value_spans(dataset, dataset, data))
+        pixel_data = dataset.get_item(PIXEL_DATA) if PIXEL_DATA in dataset else None
+        native_pixels = None
+        if (isinstance(pixel_data, RawDataElement) and pixel_data.value is not None
+                and pixel_data.length != UNDEFINED_LENGTH):
+            native_pixels = (pixel_data.value_tell, pixel_data.value_tell + pixel_data.length)
         for _element in dataset.iterall():  # pydicom converts values lazily: force it
             pass
         return StagedRead(dataset, pixel_end, "", pixel_start, raw_values, sorted(
-            spans, key=_span_start))
+            spans, key=_span_start), native_pixels)
     except READ_ERRORS as error:
         problem = f"the file cannot be read to its end ({type(error).__name__})"
     try:
         header = dcmread(io.BytesIO(data), stop_before_pixels=True)
         raw_values = _raw_values(header)
-        spans = _value_spans(header.file_meta, data) + _value_spans(header, data)
+        spans = (_value_spans(header.file_meta, header.file_meta, data)
+                 + _value_spans(header, header, data))
         for _element in header.iterall():
             pass
         return StagedRead(header, pixel_end, problem, raw_values=raw_values,
@@ -324,8 +386,8 @@ def _span_start(span: ValueSpan) -> int:
     return span.start
 
 
-def _value_spans(dataset: Dataset, data: bytes, base: int = 0,
-                 nesting: Nesting = ()) -> list[ValueSpan]:
+def _value_spans(root: Dataset, dataset: Dataset, data: bytes, base: int = 0,
+                 path: tuple[tuple[int, int], ...] = ()) -> list[ValueSpan]:
     """Value spans of every element not yet converted, at any depth (converting sequences).
 
     pydicom gives each raw element the offset of its value in the stream it was read from:
@@ -343,7 +405,7 @@ def _value_spans(dataset: Dataset, data: bytes, base: int = 0,
             if is_sequence:
                 child_base = start if stored.length != UNDEFINED_LENGTH else base
             elif value is not None and data[start:start + len(value)] == value:
-                spans.append(ValueSpan(start, start + len(value), nesting, dataset, tag))
+                spans.append(ValueSpan(start, start + len(value), root, path, tag))
                 continue
             else:
                 continue
@@ -355,7 +417,7 @@ def _value_spans(dataset: Dataset, data: bytes, base: int = 0,
         if element.VR != "SQ":
             continue
         for number, item in enumerate(element.value or [], start=1):
-            spans += _value_spans(item, data, child_base, (*nesting, (element, number)))
+            spans += _value_spans(root, item, data, child_base, (*path, (tag, number)))
     return spans
 
 
@@ -375,7 +437,18 @@ def _read_source(path: Path) -> Dataset | None:
 
 def _read_source_header(path: Path) -> tuple[Dataset | None, int]:
     """The source's elements before the image data, and the byte offset where the image data
-    starts (the file's size if it has none). (None, 0) if it cannot be read."""
+    starts (the file's size if it has none). (None, 0) if it cannot be read. Read with the
+    project's reader; a file it does not stand for exactly is read by pydicom."""
+    try:
+        with open(path, "rb") as handle, mapped(handle) as data:
+            read = read_file(data, whole=False)  # left unconverted: few values are looked at
+    except (NotPlain, OSError):
+        read = None
+    if read is not None:
+        dataset = read.dataset
+        dataset.file_meta = read.file_meta
+        return ((dataset if SOP_INSTANCE_UID in dataset else None),
+                read.read.structure.image_offset)
     try:
         with open(path, "rb") as handle:
             dataset = dcmread(handle, stop_before_pixels=True, force=True)
@@ -394,7 +467,8 @@ def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) 
     """Every profile action holds: replaced values equal their replacement, removed are absent."""
     for profile_field in context.profile.fields:
         keyword = profile_field["name"]
-        element = dataset.data_element(keyword) if keyword in dataset else None
+        tag = _tag_of_keyword(keyword)
+        element = dataset[tag] if tag is not None and tag in dataset else None
         if profile_field.get("remove"):
             if element is not None:
                 context.add(Finding("profile_actions", name, element_name(element),
@@ -409,6 +483,11 @@ def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) 
             what = "empty" if replacement == "" else "the profile's replacement"
             context.add(Finding("profile_actions", name, element_name(element),
                                 f"{keyword} should be {what} but holds another value"))
+
+
+@lru_cache(maxsize=4096)
+def _tag_of_keyword(keyword: str) -> int | None:
+    return tag_for_keyword(keyword)
 
 
 def _value_equals(element: DataElement, replacement: str) -> bool:
@@ -481,7 +560,7 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext
     texts = [element_text(element) for _nesting, element in elements]
     numeric = {index for index, (_nesting, element) in enumerate(elements)
                if element.VR in NUMERIC_VRS}
-    found = context.matcher.find_in_texts(texts, numeric)
+    found = context.matcher.find_each(texts, numeric)
     places_found = set()
     for index, needles in sorted(found.items()):
         path = tag_path(*elements[index])
@@ -612,19 +691,31 @@ def scan_raw_bytes(data: bytes, staged_read: StagedRead, name: str,
     parsed) are reported as raw bytes."""
     starts = [span.start for span in staged_read.spans]
     reported = set(places_found)
-    for needle, offset in context.matcher.find_in_bytes(data):
+    for needle, offset in _find_outside_pixels(data, staged_read.native_pixels, context):
         index = bisect_right(starts, offset) - 1
         span = staged_read.spans[index] if index >= 0 else None
         if span is not None and offset < span.end:
-            element = span.element()
+            nesting, element = span.located()
             if is_short_number(needle.folded) and element.VR in NUMERIC_VRS:
                 continue  # a measurement or UID component, as in the element scan
-            where = tag_path(span.nesting, element)
+            where = tag_path(nesting, element)
         else:
             where = _unowned_place(offset, staged_read.pixel_end)
         if (needle.attribute, where) not in reported:
             reported.add((needle.attribute, where))
             context.add(_leak_finding(needle, name, where))
+
+
+def _find_outside_pixels(data: bytes, native_pixels: tuple[int, int] | None,
+                         context: SessionContext) -> list[tuple[Needle, int]]:
+    """The matcher's raw hits in the file, uncompressed pixel values left out (a zero byte
+    stands in for them, so that no match runs across the gap); offsets are the file's."""
+    if native_pixels is None:
+        return context.matcher.find_in_bytes(data)
+    start, end = native_pixels
+    hits = context.matcher.find_in_bytes(data[:start] + b"\0" + data[end:])
+    return [(needle, offset if offset < start else offset + end - start - 1)
+            for needle, offset in hits if offset != start]
 
 
 def _unowned_place(offset: int, pixel_end: int | None) -> str:
