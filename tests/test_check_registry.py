@@ -1,6 +1,6 @@
-"""One registry of checks: ``deidpipe.verify.CHECKS`` names each check with its default and
-the severities the config may give it. The config schema, the README's table and the report
-page follow it; these tests fail when one of them drifts.
+"""One registry of checks: ``deidpipe.verification.registry.CHECKS`` names each check with its
+default and the severities the config may give it. The config schema, the README's table and
+the report page follow it; these tests fail when one of them drifts.
 
 Each comparison is a function that returns what disagrees (empty: all agree), run on the real
 files and, to show that it can fail, on mutated copies of them."""
@@ -16,7 +16,8 @@ from deidpipe.report import write_summary
 from deidpipe.schema import load_schema
 from deidpipe.stage import stage_session
 from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session
-from deidpipe.verify import CHECKS, Check, resolve_severities, verify_session
+from deidpipe.verification.registry import CHECKS, Check, resolve_severities
+from deidpipe.verify import verify_session
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

@@ -15,7 +15,7 @@ from deidpipe.approvals import append_decision
 from deidpipe.files import sha256_file
 from deidpipe.report import write_summary
 from deidpipe.sheet import SessionRow
-from deidpipe.verify import WITHHELD
+from deidpipe.verification.registry import WITHHELD
 
 CHROMIUM = Path("/usr/bin/chromium")
 GROUP, PROJECT = "demo", "deid-demo"

@@ -19,7 +19,8 @@ from deidpipe.synthetic import (
     plant_image_comments,
     plant_private_tag,
 )
-from deidpipe.verify import WITHHELD, verify_session
+from deidpipe.verification.registry import WITHHELD
+from deidpipe.verify import verify_session
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
 

@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from deidpipe.dicom.reader import (
+    FIRST_IMAGE_DATA_TAG,
     UNDEFINED_LENGTH,
     Buffer,
     Element,
@@ -31,7 +32,6 @@ from deidpipe.dicom.reader import (
 )
 
 SPECIFIC_CHARACTER_SET = 0x00080005
-FIRST_IMAGE_DATA_TAG = 0x7FE00008  # (7FE0,0008) Float Pixel Data
 MEMO_LIMIT = 50_000  # converted values kept per process (a series shares most of its header)
 
 

@@ -37,7 +37,13 @@ LONG_VRS = frozenset(vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT 
 VALUE_SIZE = {b"UL": 4, b"SL": 4, b"FL": 4, b"US": 2, b"SS": 2, b"FD": 8, b"AT": 4, b"SV": 8,
               b"UV": 8}
 PIXEL_DATA = 0x7FE00010
-IMAGE_DATA_TAGS = frozenset({PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # where the engine stops
+FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00008, 0x7FE00009
+FIRST_IMAGE_DATA_TAG = FLOAT_PIXEL_DATA  # the lowest of them
+# The image data elements, pixel data first (reports list them in this order); the engine
+# stops at the first of them.
+IMAGE_DATA_TAGS = (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA)
+SOP_INSTANCE_UID = 0x00080018
+PREAMBLE_BYTES = 128
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE = b"\0" * 128 + b"DICM"

@@ -1,0 +1,1 @@
+"""Verification of a staged session, by concern; ``deidpipe.verify`` runs it."""

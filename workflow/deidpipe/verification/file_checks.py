@@ -1,0 +1,476 @@
+"""The checks run on each staged file (against its source and the profile)."""
+
+import hashlib
+import re
+from bisect import bisect_right
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
+from deidpipe.dicom.reader import FIRST_IMAGE_DATA_TAG, IMAGE_DATA_TAGS, PREAMBLE_BYTES
+from deidpipe.documents import document_text
+from deidpipe.identifiers import (
+    Needle,
+    Nesting,
+    is_short_number,
+)
+from deidpipe.private_knowledge import load_knowledge_base, path_segment
+from deidpipe.verification.context import SessionContext, shown_source_path, shown_staged_path
+from deidpipe.verification.ocr_checks import read_burned_in_text
+from deidpipe.verification.reading import (
+    READ_ERRORS,
+    SourceHeader,
+    StagedRead,
+    _raw_values,
+    element_name,
+    element_text,
+    frame_count,
+    read_source,
+    read_source_header,
+    read_staged,
+    tag_path,
+    walk_elements,
+)
+from deidpipe.verification.registry import (
+    FREE_TEXT_KEYWORDS,
+    FREE_TEXT_VRS,
+    LEAK_CHECK_OF_KIND,
+    MAX_PRIVATE_VALUE,
+    NUMERIC_VRS,
+    SAFE_DISPOSITION,
+    TEXT_VRS,
+    Finding,
+    PrivateKey,
+)
+
+MISSING = object()
+COMPARE_CHUNK = 1 << 20
+
+
+def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """Every profile action holds: replaced values equal their replacement, removed are absent."""
+    for profile_field in context.profile.fields:
+        keyword = profile_field["name"]
+        tag = _tag_of_keyword(keyword)
+        element = dataset[tag] if tag is not None and tag in dataset else None
+        if profile_field.get("remove"):
+            if element is not None:
+                context.add(Finding("profile_actions", name, element_name(element),
+                                    f"{keyword} should have been removed but is present"))
+            continue
+        replacement = str(profile_field.get("replace-with", ""))
+        if element is None:
+            context.add(Finding("profile_actions", name, keyword,
+                                f"{keyword} should be present (set to the profile's value) "
+                                "but is missing"))
+        elif not _value_equals(element, replacement):
+            what = "empty" if replacement == "" else "the profile's replacement"
+            context.add(Finding("profile_actions", name, element_name(element),
+                                f"{keyword} should be {what} but holds another value"))
+
+
+@lru_cache(maxsize=4096)
+def _tag_of_keyword(keyword: str) -> int | None:
+    return tag_for_keyword(keyword)
+
+
+def _value_equals(element: DataElement, replacement: str) -> bool:
+    """VR-aware comparison of an element's value with a profile's replacement text."""
+    if replacement == "":
+        return element.is_empty
+    value = element.value
+    if element.VR in ("DS", "FD", "FL"):
+        try:
+            return float(value) == float(replacement)
+        except (TypeError, ValueError):
+            return False
+    if element.VR in ("IS", "SS", "US", "SL", "UL"):
+        try:
+            return int(value) == int(replacement)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(value, MultiValue):
+        value = "\\".join(str(part) for part in value)
+    return str(value).strip() == replacement.strip()
+
+
+def check_deidentification_method(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """DeidentificationMethod names the profile's version, so anyone can see what was applied."""
+    value = str(dataset.get("DeidentificationMethod", "") or "")
+    if value != context.profile.version:
+        context.add(Finding("deidentification_method", name,
+                            "DeidentificationMethod (0012,0063)",
+                            f"DeidentificationMethod should be '{context.profile.version}'"
+                            + (" but is missing" if not value else " but holds another value")))
+
+
+# An Age String (AS) is nnnD, nnnW, nnnM or nnnY; some writers drop the padding or the unit.
+AGE = re.compile(r"^\s*(\d{1,6})\s*([DWMY]?)\s*$", re.IGNORECASE)
+DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25, "": 365.25}
+OLDEST_AGE_SHOWN = 89  # HIPAA Safe Harbor: ages over 89 are identifiers
+
+
+def age_in_years(value: str) -> float | None:
+    """Years in an Age String ('090Y', '1095W', '33000D'); None if it is not an age."""
+    match = AGE.match(value)
+    if not match:
+        return None
+    number, unit = match.groups()
+    return int(number) * DAYS_PER_UNIT[unit.upper()] / 365.25
+
+
+def check_patient_age(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """No staged PatientAge (at any depth) is 90 years or more, whatever unit it is in."""
+    if not context.active("patient_age"):
+        return
+    for nesting, element in walk_elements(dataset):
+        if element.tag != 0x00101010 or element.is_empty:
+            continue
+        years = age_in_years(str(element.value))
+        if years is not None and years >= OLDEST_AGE_SHOWN + 1:
+            context.add(Finding("patient_age", name, tag_path(nesting, element),
+                                "PatientAge is 90 years or more (value not shown): HIPAA "
+                                "Safe Harbor counts ages over 89 as identifiers; empty "
+                                "PatientAge in the profile, or set it to 90Y for such "
+                                "patients"))
+
+
+def scan_elements(dataset: Dataset, name: str, context: SessionContext
+                  ) -> set[tuple[str, str]]:
+    """Leak scan of every element (file meta, sequences, private tags, elements after the
+    pixel data); tally private tags and free text on the way. Returns the (source attribute,
+    tag path) pairs found, so that the byte scan does not report them again."""
+    elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
+    texts = [element_text(element) for _nesting, element in elements]
+    numeric = {index for index, (_nesting, element) in enumerate(elements)
+               if element.VR in NUMERIC_VRS}
+    found = context.matcher.find_each(texts, numeric)
+    places_found = set()
+    for index, needles in sorted(found.items()):
+        path = tag_path(*elements[index])
+        for needle in needles:
+            places_found.add((needle.attribute, path))
+            context.add(leak_finding(needle, name, path))
+    creators_in_file: set[tuple[str, str]] = set()
+    free_text_in_file: set[tuple[str, str, str]] = set()
+    private_in_file: set[PrivateKey] = set()
+    private_values_in_file: set[tuple[PrivateKey, str]] = set()
+    for index, (nesting, element) in enumerate(elements):
+        if element.tag.is_private and element.tag.element >= 0x1000:
+            creator = (element.private_creator or "(no private creator)",
+                       f"{element.tag.group:04X}")
+            context.private_creators[creator] += 1
+            creators_in_file.add(creator)
+            key = judge_private_element(nesting, element, texts[index], context)
+            if key is not None:
+                private_in_file.add(key)
+                if index in found:
+                    context.private_withheld[key] += 1
+                else:
+                    private_values_in_file.add((key, _shown_private_value(texts[index])))
+        if texts[index].strip() and (element.keyword in FREE_TEXT_KEYWORDS
+                                     or element.VR in FREE_TEXT_VRS):
+            attribute = element.keyword or element_name(element)
+            tag = f"({element.tag.group:04X},{element.tag.element:04X})"
+            value = texts[index].strip()
+            if index in found:
+                context.free_text_withheld.add((attribute, value))
+            else:
+                free_text_in_file.add((attribute, tag, value))
+    context.private_creator_files.update(creators_in_file)
+    context.free_text.update(free_text_in_file)
+    context.private_review_files.update(private_in_file)
+    context.private_values.update(private_values_in_file)
+    return places_found
+
+
+def judge_private_element(nesting: Nesting, element: DataElement, text: str,
+                          context: SessionContext) -> PrivateKey | None:
+    """Tally what TCIA's knowledge base says of a private element; return its key when a
+    person must read it (not known to be safe, and it holds text)."""
+    path = (*(path_segment(int(sequence.tag), sequence.private_creator
+                           if sequence.tag.is_private else None) for sequence, _n in nesting),
+            path_segment(int(element.tag), element.private_creator))
+    info = load_knowledge_base().lookup(path)
+    if info is not None and info.disposition == SAFE_DISPOSITION:
+        context.private_verdicts["known_safe"] += 1
+        return None
+    if not _holds_text(element, text):
+        context.private_verdicts["no_text"] += 1
+        return None
+    context.private_verdicts["review"] += 1
+    disposition = DISPOSITION_NAMES[info.disposition] if info else "not in the knowledge base"
+    return (element.private_creator or "(no private creator)", f"{element.tag.group:04X}",
+            f"{element.tag.element & 0xFF:02X}", info.name if info else "", disposition,
+            element.VR)
+
+
+DISPOSITION_NAMES = {"d": "TCIA deletes it", "h": "TCIA hashes it (a UID)",
+                     "o": "TCIA shifts it (a date)", "oi": "TCIA shifts it (a date)",
+                     "na": "TCIA: not applicable", "": "TCIA: no decision",
+                     "k": "TCIA keeps it"}
+
+
+def _holds_text(element: DataElement, text: str) -> bool:
+    """A value a person can read: a text VR, or bytes (UN, OB) that are mostly letters."""
+    if element.VR in TEXT_VRS:
+        return bool(text.strip(" \0"))
+    if element.VR not in ("UN", "OB") or not text:
+        return False
+    stripped = text.strip(" \0")
+    printable = sum(character.isprintable() and character.isascii() for character in stripped)
+    alphanumeric = sum(character.isalnum() and character.isascii() for character in stripped)
+    return alphanumeric >= 3 and printable >= 0.9 * len(stripped)
+
+
+def _shown_private_value(text: str) -> str:
+    value = text.strip(" \0")
+    return value if len(value) <= MAX_PRIVATE_VALUE else value[:MAX_PRIVATE_VALUE] + "…"
+
+
+def scan_document(dataset: Dataset, name: str, context: SessionContext) -> None:
+    """An encapsulated document (PDF, CDA...): its text, inflated and decoded, goes through
+    the matcher; the document is listed for a person to read either way, because a scanned
+    form is an image inside the PDF that no text scan sees."""
+    document = document_text(dataset)
+    if document is None:
+        return
+    place = f"EncapsulatedDocument (0042,0011) > {document.kind}"
+    found = context.matcher.find_in_texts([text for _where, text in document.texts])
+    for index, needles in sorted(found.items()):
+        for needle in needles:
+            context.add(leak_finding(needle, name, f"{place} {document.texts[index][0]}"))
+    pages = ""
+    if document.pages:
+        pages = f" of {document.pages} page(s)"
+        if document.pages_without_text:
+            pages += (f", {document.pages_without_text} without text (scanned, most likely: "
+                      "only a person can read those)")
+    message = (f"an encapsulated {document.kind} document{pages}: read it before it is shared "
+               "(its text was also searched for identifiers)")
+    if document.problem:
+        message += f"; not all of it could be read: {document.problem}"
+    context.add(Finding("encapsulated_document", name, "EncapsulatedDocument (0042,0011)",
+                        message))
+    context.documents.append({"file": name, "kind": document.kind,
+                              "mime_type": document.mime_type, "pages": document.pages,
+                              "pages_without_text": document.pages_without_text,
+                              "problem": document.problem})
+
+
+def leak_finding(needle: Needle, name: str, where: str) -> Finding:
+    what = {"identifier": f"holds the source's {needle.attribute}",
+            "name_part": f"holds a part of the source's {needle.attribute}",
+            "staff_name": f"holds the name in the source's {needle.attribute}"}[needle.kind]
+    return Finding(LEAK_CHECK_OF_KIND[needle.kind], name, where, f"{what} (value not shown)",
+                   needle.attribute)
+
+
+def scan_raw_bytes(data: bytes, staged_read: StagedRead, name: str,
+                   places_found: set[tuple[str, str]], context: SessionContext) -> None:
+    """Search the staged file's bytes. A hit inside an element's value is that element's
+    (reported at its tag path, under the element scan's rules: no short numbers in numeric
+    values, nothing the element scan already reported there); only bytes no parsed element
+    holds (the preamble, data after the pixel data or between elements that cannot be
+    parsed) are reported as raw bytes."""
+    starts = [span.start for span in staged_read.spans]
+    reported = set(places_found)
+    for needle, offset in _find_outside_pixels(data, staged_read.native_pixels, context):
+        index = bisect_right(starts, offset) - 1
+        span = staged_read.spans[index] if index >= 0 else None
+        if span is not None and offset < span.end:
+            nesting, element = span.located()
+            if is_short_number(needle.folded) and element.VR in NUMERIC_VRS:
+                continue  # a measurement or UID component, as in the element scan
+            where = tag_path(nesting, element)
+        else:
+            where = _unowned_place(offset, staged_read.pixel_end)
+        if (needle.attribute, where) not in reported:
+            reported.add((needle.attribute, where))
+            context.add(leak_finding(needle, name, where))
+
+
+def _find_outside_pixels(data: bytes, native_pixels: tuple[int, int] | None,
+                         context: SessionContext) -> list[tuple[Needle, int]]:
+    """The matcher's raw hits in the file, uncompressed pixel values left out (a zero byte
+    stands in for them, so that no match runs across the gap); offsets are the file's."""
+    if native_pixels is None:
+        return context.matcher.find_in_bytes(data)
+    start, end = native_pixels
+    hits = context.matcher.find_in_bytes(data[:start] + b"\0" + data[end:])
+    return [(needle, offset if offset < start else offset + end - start - 1)
+            for needle, offset in hits if offset != start]
+
+
+def _unowned_place(offset: int, pixel_end: int | None) -> str:
+    if offset < PREAMBLE_BYTES:
+        return "file preamble"
+    if pixel_end is not None and offset >= pixel_end:
+        return "bytes after the pixel data"
+    return "bytes that no element the reader could parse holds"
+
+
+def check_integrity(staged: Dataset, staged_read: StagedRead, staged_data: bytes,
+                    source: SourceHeader, name: str, context: SessionContext) -> None:
+    """Pixel data byte-identical to the source's; same number of frames.
+
+    Staging copies everything from the image data on as it is, so the two files' bytes from
+    there to the end are compared first; only when they differ (a source stored deflated,
+    or a real difference) are both files' image data elements read and compared one by one.
+    """
+    if source.dataset is None:
+        return
+    staged_start = (staged_read.pixel_start if staged_read.pixel_start is not None
+                    else len(staged_data))
+    if not _same_bytes_from(staged_data, staged_start, source.path, source.image_start):
+        whole_source = read_source(source.path)
+        if whole_source is None:
+            context.add(Finding("integrity", name, "", "the pixel data could not be compared "
+                                "with the source's (the source cannot be read to its end)"))
+        else:
+            _compare_image_data(staged, whole_source, name, context)
+    if frame_count(source.dataset) != frame_count(staged):
+        context.add(Finding("integrity", name, "NumberOfFrames (0028,0008)",
+                            f"{frame_count(staged)} frame(s) staged, the source has "
+                            f"{frame_count(source.dataset)}"))
+
+
+def _same_bytes_from(staged_data: bytes, staged_start: int, source_path: Path,
+                     source_start: int) -> bool:
+    staged_tail = memoryview(staged_data)[staged_start:]
+    compared = 0
+    with open(source_path, "rb") as handle:
+        handle.seek(source_start)
+        while chunk := handle.read(COMPARE_CHUNK):
+            if staged_tail[compared:compared + len(chunk)] != chunk:
+                return False
+            compared += len(chunk)
+    return compared == len(staged_tail)
+
+
+def _compare_image_data(staged: Dataset, source: Dataset, name: str,
+                        context: SessionContext) -> None:
+    for tag in IMAGE_DATA_TAGS:
+        in_source, in_staged = tag in source, tag in staged
+        if in_source != in_staged:
+            context.add(Finding("integrity", name, describe_tag(tag)[1],
+                                "pixel data " + ("is missing from the staged file" if in_source
+                                                 else "was added by staging")))
+        elif in_source and source.get_item(tag).value != staged.get_item(tag).value:
+            context.add(Finding("integrity", name, f"{describe_tag(tag)[0]} "
+                                f"{describe_tag(tag)[1]}",
+                                "pixel data differs from the source's"))
+
+
+def tally_changes(staged: Dataset, staged_read: StagedRead, source: Dataset | None, name: str,
+                  context: SessionContext) -> None:
+    """Count what staging did to each top-level attribute before the image data (values go
+    to the PHI log only). Elements whose stored bytes are unchanged are not converted."""
+    if source is None:
+        return
+    source_raw = _raw_values(source)
+    staged_raw = staged_read.raw_values
+    source_tags = {int(tag) for tag in source.keys()}
+    staged_tags = {int(tag) for tag in staged.keys()}
+    for tag in sorted(source_tags | staged_tags):
+        if tag >= FIRST_IMAGE_DATA_TAG:
+            break  # the image data and what follows are compared as bytes (integrity)
+        if tag in source_tags and tag in staged_tags:
+            if tag in source_raw and source_raw[tag] == staged_raw.get(tag, MISSING):
+                continue
+            after_value = staged[tag].value
+            if source[tag].value == after_value:
+                continue
+            action = "replaced" if after_value else "emptied"
+        elif tag in staged_tags:
+            action = "added" if staged[tag].value else "added (empty)"
+        else:
+            action = "removed"
+        context.changes[(tag, action)] += 1
+        if context.phi_rows is not None:
+            keyword, tag_text = describe_tag(tag)
+            context.phi_rows.append([name, keyword, tag_text, action,
+                                     _logged_value(source, tag), _logged_value(staged, tag)])
+
+
+def _logged_value(dataset: Dataset, tag: Any) -> str:
+    if tag not in dataset:
+        return ""
+    try:
+        return element_text(dataset[tag])
+    except READ_ERRORS:
+        return "(cannot be read)"
+
+
+def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> bool:
+    """Flag images of classes where text is often burned in; True if this one is such."""
+    if context.burned_in is None:
+        return False
+    flags = context.burned_in.flags(dataset)
+    for flag in flags:
+        if context.active(flag.check):
+            advice = ("open the image and look for names, IDs or dates in the pixels before "
+                      "it is shared, or leave the series out")
+            message = (f"{flag.reason}; {advice}" if flag.check == "burned_in_annotation"
+                       else f"may have text burned into the image: {advice}. Why flagged: "
+                            f"{flag.reason}")
+            context.add(Finding(flag.check, name, "pixel data (burned-in text)", message))
+            context.burned_in_flags.append({"file": name, "reason": flag.reason,
+                                            "severity": context.severities[flag.check]})
+    return bool(flags) or context.burned_in.is_risky_class(dataset)
+
+
+# ---- the session -----------------------------------------------------------------------------
+
+def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
+    """All file checks on one staged file."""
+    name = shown_staged_path(entry["staged"], context)
+    staged_path = context.staged_session_dir / entry["staged"]
+    if not staged_path.is_file():
+        return  # reported by the inventory check
+    data = staged_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        context.add(Finding("inventory", name, "", "staged file changed after staging "
+                            "(sha256 differs from the manifest)"))
+    staged_read = read_staged(data)
+    dataset, problem = staged_read.dataset, staged_read.problem
+    if problem:
+        context.add(Finding("integrity", name, "", problem))
+    source_file = shown_source_path(entry["source"], context)
+    first_finding = len(context.findings)
+    places_found: set[tuple[str, str]] = set()
+    if dataset is not None:
+        source_path = context.dicom_dir / entry["source"]
+        source = SourceHeader(source_path, *read_source_header(source_path))
+        try:
+            tally_changes(dataset, staged_read, source.dataset, name, context)
+        except READ_ERRORS as error:  # a damaged source element
+            source.dataset = None
+            context.add(Finding("integrity", name, "", "the source file's header cannot be "
+                                f"read ({type(error).__name__}); pixel data and attribute "
+                                "changes were not compared"))
+        check_profile_actions(dataset, name, context)
+        check_deidentification_method(dataset, name, context)
+        places_found = scan_elements(dataset, name, context)
+        scan_document(dataset, name, context)
+        check_patient_age(dataset, name, context)
+        if not problem:
+            try:
+                check_integrity(dataset, staged_read, data, source, name, context)
+            except READ_ERRORS as error:
+                context.add(Finding("integrity", name, "", "the pixel data could not be "
+                                    f"compared with the source's ({type(error).__name__})"))
+        at_risk = check_burned_in(dataset, name, context)
+        if not problem:
+            read_burned_in_text(dataset, entry["staged"], name, at_risk, context)
+        for tag, action in populated_basic_profile_tags(dataset):
+            context.basic_profile[(tag, action)] += 1
+    scan_raw_bytes(data, staged_read, name, places_found, context)
+    for finding in context.findings[first_finding:]:
+        finding.source_file = source_file
