@@ -1,0 +1,1 @@
+"""The benchmark's sections, one module each; ``deidbench.main`` runs them in order."""
