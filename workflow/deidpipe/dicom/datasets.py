@@ -12,7 +12,6 @@ pydicom itself, so that what is reported never depends on which reader read it.
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -39,8 +38,8 @@ class NotPlain(Exception):
     """The file is not one the reader's datasets stand for exactly: read it with pydicom."""
 
 
-# (tag, VR as stored, value bytes, little endian, encoding) -> (VR, value)
-ConversionMemo = dict[tuple[int, str, bytes, bool, tuple[str, ...]], tuple[str, Any]]
+# (tag, VR as stored, value bytes, little endian, encoding) -> the element pydicom makes of it
+ConversionMemo = dict[tuple[int, str, bytes, bool, tuple[str, ...]], DataElement]
 
 
 @dataclass
@@ -141,11 +140,11 @@ class _Builder:
         chosen = encoding if tag != SPECIFIC_CHARACTER_SET else default_encoding
         key = (tag, vr, raw.value, self.little,
                tuple(chosen) if isinstance(chosen, list) else (chosen,))
-        known_value = self.memo.get(key)
-        if known_value is None:
-            element_read = convert_raw_data_element(raw, encoding=chosen)
-            known_value = (element_read.VR, element_read.value)
+        known = self.memo.get(key)
+        if known is None:
+            # One element object for every file holding this value: checks only read public
+            # elements (pydicom sets nothing on them but for private creators).
+            known = convert_raw_data_element(raw, encoding=chosen)
             if len(self.memo) < MEMO_LIMIT:
-                self.memo[key] = known_value
-        return DataElement(raw.tag, known_value[0], known_value[1], raw.value_tell,
-                           raw.length == UNDEFINED_LENGTH, already_converted=True)
+                self.memo[key] = known
+        return known
