@@ -1,4 +1,4 @@
-"""Issue 4, DICOM input: every kind of file a site sends is either staged correctly or listed
+"""DICOM input: every kind of file a site sends is either staged correctly or listed
 in the manifest's errors with a message a research coordinator can act on, and never a value.
 
 One session holds every kind at once (staged and verified once for the module): the bad files

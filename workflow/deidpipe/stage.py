@@ -44,9 +44,13 @@ from deidpipe.files import (
     OWNER_ONLY_FILE,
     make_private_dir,
     sha256_file,
-    write_json,
 )
+from deidpipe.manifest import FileError, Manifest, SkippedFile, StagedFile, write_manifest
 from deidpipe.parallel import map_in_workers
+from deidpipe.paths import (  # defined there; here for callers that import them from stage
+    MANIFEST_SUFFIX,  # noqa: F401
+    staged_dir_beside,  # noqa: F401
+)
 from deidpipe.profile import load_profile
 
 # Tags the engine must report for naming (parse_header returns only included tags plus its
@@ -322,18 +326,6 @@ def _stage_in_worker(job: tuple[str, str, str]) -> FileOutcome:
     return deidentify_file(_worker_engine, Path(source), relative, Path(target))
 
 
-MANIFEST_SUFFIX = ".manifest.json"
-
-
-def staged_dir_beside(manifest_path: str | Path) -> Path:
-    """The staged folder a manifest stands for: the manifest lies beside it, named after it
-    (``.../sub-01/ses-01.manifest.json`` for ``.../sub-01/ses-01``)."""
-    manifest_path = Path(manifest_path)
-    if not manifest_path.name.endswith(MANIFEST_SUFFIX):
-        raise ValueError(f"a manifest's name ends with {MANIFEST_SUFFIX}: {manifest_path}")
-    return manifest_path.with_name(manifest_path.name.removesuffix(MANIFEST_SUFFIX))
-
-
 def stage_session(
     dicom_dir: str | Path,
     profile_path: str | Path,
@@ -366,20 +358,14 @@ def stage_session(
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
     outcomes = sorted(outcomes + file_outcomes, key=lambda outcome: outcome.source)
-    manifest = {
-        "source_dir": str(dicom_dir),
-        "profile": {"file": Path(profile_path).name, "sha256": sha256_file(profile_path),
-                    "version": load_profile(profile_path).version},
-        "engine": engine_version(),
-        "counts": {kind: sum(outcome.kind == kind for outcome in outcomes)
-                   for kind in ("staged", "skipped", "error")},
-        "files": [{"source": o.source, "staged": o.staged, "sop_instance_uid": o.sop_instance_uid,
-                   "sha256": o.sha256, "bytes": o.size, **({"note": o.detail} if o.detail else {})}
-                  for o in outcomes if o.kind == "staged"],
-        "skipped": [{"source": o.source, "reason": o.detail}
-                    for o in outcomes if o.kind == "skipped"],
-        "errors": [{"source": o.source, "error": o.detail}
-                   for o in outcomes if o.kind == "error"],
-    }
-    write_json(manifest_path, manifest)
-    return manifest
+    manifest = Manifest(
+        source_dir=str(dicom_dir),
+        profile={"file": Path(profile_path).name, "sha256": sha256_file(profile_path),
+                 "version": load_profile(profile_path).version},
+        engine=engine_version(),
+        files=[StagedFile(o.source, o.staged, o.sop_instance_uid, o.sha256, o.size, o.detail)
+               for o in outcomes if o.kind == "staged"],
+        skipped=[SkippedFile(o.source, o.detail) for o in outcomes if o.kind == "skipped"],
+        errors=[FileError(o.source, o.detail) for o in outcomes if o.kind == "error"])
+    write_manifest(manifest_path, manifest)
+    return manifest.as_json()

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from deidpipe.burned_in import BurnedInScreen
-from deidpipe.files import read_json, write_json, write_private_bytes
+from deidpipe.files import write_json, write_private_bytes
 from deidpipe.identifiers import (
     IdentifierSet,
 )
+from deidpipe.manifest import StagedFile, read_manifest
 from deidpipe.parallel import map_in_workers
 from deidpipe.paths import review_page_beside
 from deidpipe.profile import load_profile
@@ -89,7 +90,7 @@ def _start_verify_worker(context: SessionContext) -> None:
     _worker_context = context
 
 
-def _verify_in_worker(entry: dict[str, Any]) -> dict[str, Any]:
+def _verify_in_worker(entry: StagedFile) -> dict[str, Any]:
     assert _worker_context is not None
     fresh = {spec.name: spec.default_factory() for spec in fields(SessionContext)  # type: ignore[misc]
              if spec.name in TALLIES and spec.name != "phi_rows"}
@@ -136,11 +137,11 @@ def verify_session(
     severities = resolve_severities(settings.get("checks"))
     context = SessionContext(
         dicom_dir=Path(dicom_dir), staged_session_dir=Path(staged_session_dir),
-        manifest=read_json(manifest_path), profile=load_profile(profile_path), labels=labels,
+        manifest=read_manifest(manifest_path), profile=load_profile(profile_path), labels=labels,
         severities=severities,
         identifiers=IdentifierSet(tuple(settings.get("identifier_attributes", ()))))
-    source_paths = [str(context.dicom_dir / entry["source"]) for entry in
-                    context.manifest["files"]]
+    source_paths = [str(context.dicom_dir / entry.source) for entry in
+                    context.manifest.files]
     infos = []
     for found, info in map_in_workers(_identifiers_of_source, source_paths, threads,
                                       _start_identifier_worker,
@@ -149,7 +150,7 @@ def verify_session(
         infos.append(info)
     context.matcher = context.identifiers.matcher()
     context.ocr_sample = tuple((settings.get("ocr") or {}).get("sample", OCR_ALL_FRAMES))
-    context.ocr_plan = ocr_plan(context.manifest["files"], infos, context.ocr_sample)
+    context.ocr_plan = ocr_plan(context.manifest.files, infos, context.ocr_sample)
     if any(severities[check] != "off" for check in (
             "burned_in_annotation", "burned_in_risk", *OCR_CHECKS)):
         context.burned_in = BurnedInScreen(use_filter_list=severities["burned_in_risk"] != "off")
@@ -159,7 +160,7 @@ def verify_session(
     check_inventory(context)
     check_labels(context)
     check_staged_names(context)
-    for tallies in map_in_workers(_verify_in_worker, context.manifest["files"], threads,
+    for tallies in map_in_workers(_verify_in_worker, context.manifest.files, threads,
                                   _start_verify_worker, (context,)):
         _merge_tallies(context, tallies)
     ocr_active = any(context.active(check) for check in OCR_CHECKS)

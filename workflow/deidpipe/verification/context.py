@@ -11,6 +11,7 @@ from deidpipe.identifiers import (
     IdentifierSet,
     Matcher,
 )
+from deidpipe.manifest import Manifest
 from deidpipe.profile import Profile
 from deidpipe.review import ReviewImage
 from deidpipe.verification.registry import WITHHELD, Finding, PrivateKey
@@ -22,7 +23,7 @@ class SessionContext:
 
     dicom_dir: Path
     staged_session_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     profile: Profile
     labels: dict[str, str]
     severities: dict[str, str]

@@ -20,6 +20,7 @@ from deidpipe.identifiers import (
     Nesting,
     is_short_number,
 )
+from deidpipe.manifest import StagedFile
 from deidpipe.private_knowledge import load_knowledge_base, path_segment
 from deidpipe.verification.context import SessionContext, shown_source_path, shown_staged_path
 from deidpipe.verification.ocr_checks import read_burned_in_text
@@ -428,25 +429,25 @@ def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> boo
 
 # ---- the session -----------------------------------------------------------------------------
 
-def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
+def verify_file(entry: StagedFile, context: SessionContext) -> None:
     """All file checks on one staged file."""
-    name = shown_staged_path(entry["staged"], context)
-    staged_path = context.staged_session_dir / entry["staged"]
+    name = shown_staged_path(entry.staged, context)
+    staged_path = context.staged_session_dir / entry.staged
     if not staged_path.is_file():
         return  # reported by the inventory check
     data = staged_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
         context.add(Finding("inventory", name, "", "staged file changed after staging "
                             "(sha256 differs from the manifest)"))
     staged_read = read_staged(data)
     dataset, problem = staged_read.dataset, staged_read.problem
     if problem:
         context.add(Finding("integrity", name, "", problem))
-    source_file = shown_source_path(entry["source"], context)
+    source_file = shown_source_path(entry.source, context)
     first_finding = len(context.findings)
     places_found: set[tuple[str, str]] = set()
     if dataset is not None:
-        source_path = context.dicom_dir / entry["source"]
+        source_path = context.dicom_dir / entry.source
         source = SourceHeader(source_path, *read_source_header(source_path))
         try:
             tally_changes(dataset, staged_read, source.dataset, name, context)
@@ -468,7 +469,7 @@ def verify_file(entry: dict[str, Any], context: SessionContext) -> None:
                                     f"compared with the source's ({type(error).__name__})"))
         at_risk = check_burned_in(dataset, name, context)
         if not problem:
-            read_burned_in_text(dataset, entry["staged"], name, at_risk, context)
+            read_burned_in_text(dataset, entry.staged, name, at_risk, context)
         for tag, action in populated_basic_profile_tags(dataset):
             context.basic_profile[(tag, action)] += 1
     scan_raw_bytes(data, staged_read, name, places_found, context)

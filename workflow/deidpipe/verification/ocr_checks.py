@@ -1,10 +1,10 @@
 """Text burned into the pixels: which images are read (OCR), and what is found in them."""
 
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.dataset import Dataset
 
+from deidpipe.manifest import StagedFile
 from deidpipe.ocr import (
     PixelDecodeError,
     frames_to_read,
@@ -37,7 +37,7 @@ class ImageInfo:
     has_pixels: bool
 
 
-def ocr_plan(entries: list[dict[str, Any]], infos: list[ImageInfo | None],
+def ocr_plan(entries: list[StagedFile], infos: list[ImageInfo | None],
              sample: tuple[str, ...]) -> dict[str, bool]:
     """The staged files OCR reads in every session (the ``sample`` of each series by
     InstanceNumber), each mapped to whether it is its series' thumbnail for the review page.
@@ -46,7 +46,7 @@ def ocr_plan(entries: list[dict[str, Any]], infos: list[ImageInfo | None],
     for order, (entry, info) in enumerate(zip(entries, infos, strict=True)):
         if info is not None and info.has_pixels:
             instance = info.instance if info.instance is not None else order
-            series.setdefault(info.series, []).append((instance, order, entry["staged"]))
+            series.setdefault(info.series, []).append((instance, order, entry.staged))
     plan: dict[str, bool] = {}
     for members in series.values():
         members.sort()

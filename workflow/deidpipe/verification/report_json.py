@@ -21,7 +21,7 @@ def session_report(context: SessionContext, labels: dict[str, str], flagged: set
     private_tags = report_private_tags(context)  # may add the session's private-tag finding
     status = max((finding.severity for finding in context.findings),
                  key=SEVERITY_ORDER.__getitem__, default="pass")
-    counts = context.manifest["counts"]
+    counts = context.manifest.counts
     shown_labels = {key: (WITHHELD if key in flagged else value) for key, value in labels.items()}
     findings = [finding.as_dict() for finding in context.findings]
     return {
@@ -29,8 +29,8 @@ def session_report(context: SessionContext, labels: dict[str, str], flagged: set
         "status": status,
         "files": {"staged": counts["staged"], "skipped": counts["skipped"],
                   "errors": counts["error"]},
-        "profile": context.manifest["profile"],
-        "engine": context.manifest.get("engine", ""),
+        "profile": context.manifest.profile,
+        "engine": context.manifest.engine,
         "identifier_values_searched": len(context.identifiers.values),
         "identifier_values_too_short_to_search": len(context.identifiers.too_short),
         "checks": {name: {"severity": context.severities[name],

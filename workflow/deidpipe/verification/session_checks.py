@@ -21,31 +21,31 @@ def check_inventory(context: SessionContext) -> None:
     sources, not_followed = list_source_files(context.dicom_dir)
     expected = {source.relative_to(context.dicom_dir).as_posix() for source in sources}
     expected |= {outcome.source for outcome in not_followed}
-    listed: list[str] = [entry["source"] for part in ("files", "skipped", "errors")
-                         for entry in manifest[part]]
+    listed: list[str] = [entry.source for part in (manifest.files, manifest.skipped,
+                                                   manifest.errors) for entry in part]
     for source in sorted(expected - set(listed)):
         context.add(Finding("inventory", shown_source_path(source, context), "",
                             "source file was neither staged nor listed as skipped"))
     for source in sorted({s for s in listed if listed.count(s) > 1}):
         context.add(Finding("inventory", shown_source_path(source, context), "",
                             "source file is listed more than once in the manifest"))
-    for entry in manifest["errors"]:
-        context.add(Finding("inventory", shown_source_path(entry["source"], context), "",
-                            f"could not be staged: {entry['error']}"))
-    for entry in manifest["skipped"]:
-        if entry["reason"] == "not a DICOM file" and _has_dicom_preamble(
-                context.dicom_dir / entry["source"]):
-            context.add(Finding("inventory", shown_source_path(entry["source"], context), "",
+    for entry in manifest.errors:
+        context.add(Finding("inventory", shown_source_path(entry.source, context), "",
+                            f"could not be staged: {entry.error}"))
+    for entry in manifest.skipped:
+        if entry.reason == "not a DICOM file" and _has_dicom_preamble(
+                context.dicom_dir / entry.source):
+            context.add(Finding("inventory", shown_source_path(entry.source, context), "",
                                 "was skipped as not DICOM but starts like a DICOM file"))
     staged_on_disk = files_below(context.staged_session_dir)
-    staged_listed = {entry["staged"] for entry in manifest["files"]}
+    staged_listed = {entry.staged for entry in manifest.files}
     for staged in sorted(staged_on_disk - staged_listed):
         context.add(Finding("inventory", shown_staged_path(staged, context), "",
                             "file in the staged folder that staging did not write"))
     for staged in sorted(staged_listed - staged_on_disk):
         context.add(Finding("inventory", shown_staged_path(staged, context), "",
                             "staged file listed in the manifest is missing"))
-    if not manifest["files"]:
+    if not manifest.files:
         context.add(Finding("inventory", "", "", "no DICOM file was staged for this session"))
 
 
@@ -76,15 +76,15 @@ def check_labels(context: SessionContext) -> None:
 def check_staged_names(context: SessionContext) -> None:
     """Staged folder and file names (acquisition labels come from SeriesDescription) hold no
     identifier; Flywheel shows them as acquisition and file names."""
-    folders = sorted({entry["staged"].split("/", 1)[0] for entry in context.manifest["files"]})
+    folders = sorted({entry.staged.split("/", 1)[0] for entry in context.manifest.files})
     for folder in folders:
         for needle in context.matcher.find(folder):
             context.add(leak_finding(needle, shown_staged_path(f"{folder}/", context),
                                       "folder name (the Flywheel acquisition label)"))
-    for entry in context.manifest["files"]:
-        file_name = entry["staged"].split("/", 1)[-1]
+    for entry in context.manifest.files:
+        file_name = entry.staged.split("/", 1)[-1]
         for needle in context.matcher.find(file_name):
-            context.add(leak_finding(needle, shown_staged_path(entry["staged"], context),
+            context.add(leak_finding(needle, shown_staged_path(entry.staged, context),
                                       "file name"))
 
 
