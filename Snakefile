@@ -21,6 +21,10 @@ rule all:
     default_target: True
 
 
+onstart:
+    start_run()
+
+
 onsuccess:
     finish_run(succeeded=True)
 

@@ -28,7 +28,7 @@ README_HEADER = ["check", "default", "what it looks for"]
 # ---- (a) the config schema -------------------------------------------------------------------
 
 def schema_checks() -> dict[str, Any]:
-    """properties.checks.properties of workflow/schemas/config.schema.yaml, as loaded."""
+    """properties.checks.properties of workflow/deidpipe/schemas/config.schema.yaml, as loaded."""
     return copy.deepcopy(load_schema("config")["properties"]["checks"]["properties"])
 
 

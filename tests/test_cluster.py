@@ -10,25 +10,42 @@ import shlex
 import shutil
 from pathlib import Path
 
+import yaml
+
 from conftest import FAKE_FW, REPO, fw_calls, identifiers_in_run_outputs, run_snakemake, tree_digest
 
 SUBMIT = REPO / "tests" / "fake_cluster" / "submit"
-# What the rules declare for each cluster job (workflow/rules/stage.smk, verify.smk).
-DECLARED = {"threads": 4, "mem_mb": 1000, "runtime": 60}
+PROFILES = REPO / "workflow" / "profiles"
 
 
-def cluster_args() -> list[str]:
+def cluster_profile(folder: Path) -> tuple[Path, dict[str, int]]:
+    """The SLURM workflow profile as shipped, with the fake submit command in place of SLURM;
+    and what it asks for each staging and verification job (threads, mem_mb, runtime)."""
+    profile = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    lsf = yaml.safe_load((PROFILES / "lsf" / "config.yaml").read_text())
+    # Both cluster profiles ask the same of each job.
+    assert {key: lsf[key] for key in ("set-threads", "set-resources")} == {
+        key: profile[key] for key in ("set-threads", "set-resources")}
+    asked = {rule: {"threads": profile["set-threads"][rule],
+                    **profile["set-resources"][rule]} for rule in ("stage", "verify")}
+    assert asked["stage"] == asked["verify"]
     submit = (f"{shlex.quote(str(SUBMIT))} {{rule}} {{threads}} {{resources.mem_mb}} "
               f"{{resources.runtime}}")
-    return [
-        # run_snakemake passes --cores 2; Snakemake caps threads at --cores even for cluster
-        # jobs, so the later --cores 4 lets the jobs ask for what the rules declare.
-        "--cores", "4",
-        "--executor", "cluster-generic", "--cluster-generic-submit-cmd", submit,
-        "--jobs", "6", "--seconds-between-status-checks", "1",
-        # As the cluster profiles do: a rule that declares nothing still has values to submit
-        # with (different from the rules' own, so the test tells them apart).
-        "--default-resources", "mem_mb=100", "runtime=5"]
+    profile.update({
+        "executor": "cluster-generic", "cluster-generic-submit-cmd": submit, "jobs": 6,
+        "seconds-between-status-checks": 1, "latency-wait": 5,
+        # A rule that the profile sets nothing for still has values to submit with
+        # (different from the profile's, so the test tells them apart).
+        "default-resources": ["mem_mb=100", "runtime=5"]})
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder, asked["stage"]
+
+
+def cluster_args(profile: Path) -> list[str]:
+    # run_snakemake passes --cores 2; Snakemake caps threads at --cores even for cluster jobs,
+    # so the later --cores 4 lets the jobs ask for what the profile sets.
+    return ["--cores", "4", "--workflow-profile", str(profile)]
 
 
 WRITTEN = re.compile(r"<dt>Written</dt><dd>[^<]*</dd>")
@@ -67,17 +84,19 @@ def test_cluster_jobs_give_the_local_run_and_uploads_stay_on_the_submit_host(pro
     shutil.rmtree(project / ".snakemake")
 
     jobs_dir = project / ".snakemake" / "fake-cluster"  # like .snakemake/slurm_logs
-    cluster = run_snakemake(project, *cluster_args(), *upload, timeout=180,
+    profile, asked = cluster_profile(tmp_path / "profile")
+    assert asked == {"threads": 4, "mem_mb": 1000, "runtime": 60}  # as the README says
+    cluster = run_snakemake(project, *cluster_args(profile), *upload, timeout=180,
                             env={"FAKE_FW_LOG": str(cluster_fw),
                                  "FAKE_CLUSTER_DIR": str(jobs_dir)})
     # Only staging and verification were submitted, one job per session each, with the
-    # resources the rules declare; the profile and the uploads ran on the submit host.
+    # resources the cluster profile sets; the profile and the uploads ran on the submit host.
     log = jobs_dir / "jobs.jsonl"
     submitted = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     assert sorted(job["rule"] for job in submitted) == ["stage"] * 3 + ["verify"] * 3, (
         submitted, cluster.stderr[-5000:])
     assert cluster.returncode == 0, cluster.stderr
-    assert all({key: job[key] for key in DECLARED} == DECLARED for job in submitted)
+    assert all({key: job[key] for key in asked} == asked for job in submitted)
     assert len({job["job_id"] for job in submitted}) == 6
     assert "3 session(s): 1 passed, 1 warned, 1 failed verification" in cluster.stderr
     assert "2 uploaded" in cluster.stderr

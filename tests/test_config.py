@@ -1,5 +1,10 @@
+import fnmatch
+import tomllib
+from importlib.resources import files
+
 import pytest
 
+from conftest import REPO
 from deidpipe.config import check_profile_exists, normalise_config, raw_config_overrides
 from deidpipe.errors import PipelineError
 
@@ -104,3 +109,16 @@ def test_an_api_key_in_the_config_is_refused(override):
 def test_upload_error_patterns_must_compile():
     with pytest.raises(PipelineError, match="'upload_error_patterns': '\\(' is not a valid"):
         normalise_config({**BASE, "upload_error_patterns": ["("]})
+
+
+def test_schemas_are_package_data():
+    # An installed (not editable) package has no workflow/ folder beside it: the schemas are
+    # read from the package itself, and pyproject.toml must ship them.
+    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["deidpipe"]
+    schemas = sorted(entry.name for entry in (files("deidpipe") / "schemas").iterdir()
+                     if entry.name.endswith(".yaml"))
+    assert schemas == ["config.schema.yaml", "sessions.schema.yaml"]
+    assert all(any(fnmatch.fnmatch(f"schemas/{name}", pattern) for pattern in shipped)
+               for name in schemas)
+    assert not (REPO / "workflow" / "schemas").exists()

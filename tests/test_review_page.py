@@ -15,15 +15,14 @@ import pytest
 from PIL import Image, ImageDraw
 from test_report_html import CHROMIUM, CHROMIUM_FLAGS, Node, parse, render_in_chromium
 
+from deidpipe.paths import MANIFEST_SUFFIX, review_page_beside, staged_dir_beside
 from deidpipe.review import (
     MAX_CARDS,
     ReviewImage,
     ReviewText,
     render_review_page,
-    review_page_beside,
     write_review_page,
 )
-from deidpipe.stage import MANIFEST_SUFFIX, staged_dir_beside
 
 WHEN = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
 TITLE = "demo/deid-demo/sub-001/ses-01"

@@ -4,16 +4,20 @@ import os
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deidpipe.errors import PipelineError
-from deidpipe.sheet import SessionRow, load_sheet
+from deidpipe.schema import load_schema
+from deidpipe.sheet import LABEL_COLUMNS, SessionRow, label_is_valid, load_sheet
 
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
+# The sheet's rows are checked by hand (fast); the schema stays their written definition.
+ROW_SCHEMA = jsonschema.Draft202012Validator(load_schema("sessions"))
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,8 @@ def check(base: Path, data: bytes, **folders: str | None) -> None:
         assert all(LABEL.fullmatch(label) and label not in (".", "..")
                    for label in session.key)
         assert Path(session.dicom_dir).is_dir()
+        assert ROW_SCHEMA.is_valid({column: getattr(session, column)
+                                    for column in (*LABEL_COLUMNS, "dicom_dir")})
         if folders.get("staging"):
             assert not Path(session.dicom_dir).is_relative_to(base / "staging")
 
@@ -105,3 +111,16 @@ def test_the_generator_reaches_valid_sheets(workspace: Path) -> None:
     # The TSV strategy above is only worth something if valid sheets are among its shapes.
     check(workspace, b"subject\tsession\tdicom_dir\ns1\tt1\ta\n")
     assert load_sheet(workspace / "sessions.tsv", "grp", "proj")[0].subject == "s1"
+
+
+@SETTINGS
+@given(column=st.sampled_from(LABEL_COLUMNS),
+       value=st.one_of(st.text(max_size=10), st.from_regex(LABEL, fullmatch=True),
+                       st.sampled_from([".", "..", "-a", "a-", "._", "a\n", "\n", "a b"])))
+def test_label_check_is_the_schema(column: str, value: str) -> None:
+    """The hand-written label check accepts exactly what sessions.schema.yaml accepts."""
+    schema = jsonschema.Draft202012Validator(load_schema("sessions")["properties"][column])
+    # jsonschema runs the pattern with Python's re.search, whose '$' also matches before a final
+    # line break; in JSON Schema's own regex dialect (ECMA-262) it does not, nor in the check.
+    expected = schema.is_valid(value) and not value.endswith("\n")
+    assert label_is_valid(column, value) == expected

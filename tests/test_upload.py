@@ -283,3 +283,80 @@ def test_extra_error_patterns_from_the_config(tmp_path, monkeypatch, verified):
             fw=str(FAKE_FW), command_template=IMPORT_17,
             extra_env={"FLYWHEEL_CLI_LEGACY": "true"}, timeout=60,
             ledger_path=tmp_path / "ledger.jsonl", extra_error_patterns=(r"^Uploaded 2 files",))
+
+
+def deidpipe(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """`deidpipe ...` as the rules run it."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "deidpipe", *args], cwd=cwd,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.fixture
+def staged_in_place(tmp_path, profile_v1):
+    """A staged and verified session at its places below staging and results, as the rules
+    put it; the upload settings as the rules write them."""
+    source = tmp_path / "source"
+    build_session(SessionSpec("s", [SeriesSpec("MR_small.dcm", "T1w", 2)]), source)
+    where = "/".join(LABELS.values())
+    manifest = tmp_path / "staging" / f"{where}.manifest.json"
+    stage_session(source, profile_v1, tmp_path / "staging" / where, manifest)
+    report = tmp_path / "results" / "verify" / f"{where}.json"
+    verify_session(source, tmp_path / "staging" / where, manifest, profile_v1, LABELS, report)
+    settings = tmp_path / "upload-settings.json"
+    settings.write_text(json.dumps({
+        "fw": str(FAKE_FW), "command": IMPORT_17, "env": {"FLYWHEEL_CLI_LEGACY": "true"},
+        "error_patterns": [], "timeout": 60, "ledger": str(tmp_path / "ledger.jsonl"),
+        "reupload": False, "approvals": str(tmp_path / "approvals.tsv"),
+        "upload_warned": False}))
+    return {"manifest": manifest, "report": report, "settings": settings, "where": where,
+            "record": tmp_path / "results" / "upload" / f"{where}.json"}
+
+
+def test_upload_command_takes_one_settings_file_and_reads_the_rest_from_the_manifest(
+        tmp_path, staged_in_place):
+    places = staged_in_place
+    calls = tmp_path / "calls.jsonl"
+    result = deidpipe("--results", str(tmp_path / "results"), "upload",
+                      "--report", str(places["report"]), "--manifest", str(places["manifest"]),
+                      "--record", str(places["record"]),
+                      "--settings-file", str(places["settings"]),
+                      env={"FAKE_FW_LOG": str(calls)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # the job's messages are in its log
+    log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.log"
+    assert log.read_text() == "uploaded 2 file(s)\n"
+    (call,) = fw_calls(calls)
+    # The labels are the manifest's place; the staged folder is the one beside the manifest.
+    assert (call["subject"], call["session"]) == ("sub-01", "ses-01")
+    assert call["argv"][2:5] == [str(tmp_path / "staging" / places["where"]), "g", "p"]
+    assert json.loads(places["record"].read_text())["uploaded"] is True
+    fw_log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.fw.log"
+    assert "Uploaded 2 files" in fw_log.read_text()
+
+
+def test_upload_command_failure_shows_its_log_and_names_bad_settings(tmp_path,
+                                                                     staged_in_place):
+    places = staged_in_place
+    arguments = ["--results", str(tmp_path / "results"), "upload",
+                 "--report", str(places["report"]), "--manifest", str(places["manifest"]),
+                 "--record", str(places["record"])]
+    failed = deidpipe(*arguments, "--settings-file", str(places["settings"]),
+                      env={"FAKE_FW_LOG": str(tmp_path / "calls.jsonl"),
+                           "FAKE_FW_FAIL": "sub-01/ses-01"})
+    assert failed.returncode == 1
+    message = ("error: session g/p/sub-01/ses-01: the upload command failed (exit code 1); "
+               "see ")
+    assert failed.stderr.startswith(message)  # on the console, as in the log
+    log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.log"
+    assert log.read_text() == failed.stderr
+    assert not places["record"].exists()
+    settings = json.loads(places["settings"].read_text())
+    del settings["ledger"]
+    broken = deidpipe(*arguments, "--settings", json.dumps({**settings, "colour": "blue"}))
+    assert broken.returncode == 1
+    assert "the upload settings lack 'ledger'; hold an unknown key 'colour'" in broken.stderr

@@ -41,7 +41,7 @@ from deidpipe.files import (
     sha256_file,
     write_private_bytes,
 )
-from deidpipe.schema import load_schema
+from deidpipe.sheet import label_is_valid
 
 APPROVAL_COLUMNS = ("group", "project", "subject", "session", "decision", "by", "when",
                     "report_sha256")
@@ -108,10 +108,9 @@ def approve_command(subject: str, session: str, group: str | None = None,
 
 def _label_problem(column: str, value: str) -> str | None:
     """What is wrong with a label cell, without repeating it; None when it is a valid label."""
-    spec = load_schema("sessions")["properties"][column]
     if value == "":
         return "is empty"
-    if re.fullmatch(spec["pattern"], value) is None or value in spec["not"]["enum"]:
+    if not label_is_valid(column, value):
         return ("is not a valid label (letters A-Z and a-z, digits, '.', '_' and '-', as in "
                 "sessions.tsv)")
     return None

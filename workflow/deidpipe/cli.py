@@ -10,15 +10,21 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from deidpipe import paths
 from deidpipe.errors import PipelineError
+
+LABEL_OPTIONS = ("group", "project", "subject", "session")
 
 
 def _labels(args: argparse.Namespace) -> dict[str, str]:
-    return {"group": args.group, "project": args.project, "subject": args.subject,
-            "session": args.session}
+    """The labels given as options ('' where not given, or where the command has none)."""
+    return {key: getattr(args, key, None) or "" for key in LABEL_OPTIONS}
 
 
 def _add_required(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -27,7 +33,26 @@ def _add_required(parser: argparse.ArgumentParser, *names: str) -> None:
         parser.add_argument(f"--{name}", required=True)
 
 
-LABEL_OPTIONS = ("group", "project", "subject", "session")
+FOLDER_HELP = {"--dicom-dir": "default: the source folder the manifest names",
+               "--staged-dir": "default: beside the manifest, named after it"}
+
+
+def _add_labels_and_folders(parser: argparse.ArgumentParser, *folders: str) -> None:
+    """The labels and folders a command reads from the manifest unless they are given."""
+    for name in LABEL_OPTIONS:
+        parser.add_argument(f"--{name}", default="",
+                            help="default: as the manifest's place names it")
+    for folder in folders:
+        parser.add_argument(folder, help=FOLDER_HELP[folder])
+
+
+def _add_settings(parser: argparse.ArgumentParser, what: str, default: str | None = None
+                  ) -> None:
+    """``--settings JSON`` or ``--settings-file FILE`` (how the rules pass them: one file
+    written once per run); without a default, one of them is required."""
+    settings = parser.add_mutually_exclusive_group(required=default is None)
+    settings.add_argument("--settings", default=default, help=what)
+    settings.add_argument("--settings-file", help="the same JSON, in a file")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -40,9 +65,9 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from deidpipe.stage import stage_session, staged_dir_beside
+    from deidpipe.stage import stage_session
 
-    staged_dir = args.staged_dir or staged_dir_beside(args.manifest)
+    staged_dir = args.staged_dir or paths.staged_dir_beside(args.manifest)
     manifest = stage_session(args.dicom_dir, args.profile, staged_dir, args.manifest,
                              threads=args.threads)
     counts = manifest["counts"]
@@ -50,9 +75,33 @@ def cmd_stage(args: argparse.Namespace) -> None:
           f"{counts['error']} could not be staged; manifest {args.manifest}", file=sys.stderr)
 
 
+def _labels_or_manifest_place(args: argparse.Namespace) -> dict[str, str]:
+    """The labels given as options, else those the manifest's place names (how the rules
+    call it: ``{staging}/{group}/{project}/{subject}/{session}.manifest.json``)."""
+    given = _labels(args)
+    if all(given.values()):
+        return given
+    if any(given.values()):
+        raise PipelineError("give all of --group, --project, --subject and --session, or none "
+                            "(they are then read from the manifest's place)")
+    try:
+        return paths.labels_of_manifest(args.manifest)
+    except ValueError as error:
+        raise PipelineError(
+            f"{error}; give --group, --project, --subject and --session") from None
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--settings-file`` (JSON written once by the rules) or ``--settings`` (JSON text)."""
+    from deidpipe.files import read_json
+
+    if args.settings_file:
+        return read_json(args.settings_file)
+    return json.loads(args.settings)
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     from deidpipe.files import read_json
-    from deidpipe.stage import staged_dir_beside
     from deidpipe.verify import verify_session
 
     dicom_dir = args.dicom_dir or read_json(args.manifest).get("source_dir")
@@ -60,10 +109,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise PipelineError(f"the manifest {args.manifest} does not name its source folder "
                             "(written by an older version): give --dicom-dir, or stage the "
                             "session again")
-    staged_dir = args.staged_dir or staged_dir_beside(args.manifest)
+    staged_dir = args.staged_dir or paths.staged_dir_beside(args.manifest)
     report = verify_session(dicom_dir, staged_dir, args.manifest, args.profile,
-                            _labels(args), args.report, settings=json.loads(args.settings),
-                            threads=args.threads)
+                            _labels_or_manifest_place(args), args.report,
+                            settings=_settings(args), threads=args.threads)
     print(f"verification {report['status']}: {len(report['findings'])} finding(s); "
           f"report {args.report}", file=sys.stderr)
     if report["phi_log"]:
@@ -72,16 +121,46 @@ def cmd_verify(args: argparse.Namespace) -> None:
               "the audit is done.", file=sys.stderr)
 
 
+# The upload settings (one JSON object, the same for every session), with their defaults;
+# None: required.
+UPLOAD_SETTINGS: dict[str, Any] = {"fw": None, "command": None, "timeout": None, "ledger": None,
+                                   "env": {}, "error_patterns": [], "reupload": False,
+                                   "approvals": "", "upload_warned": False}
+
+
+def _upload_settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = _settings(args)
+    if not isinstance(given, dict):
+        raise PipelineError("the upload settings must be a JSON object")
+    unknown = sorted(set(given) - set(UPLOAD_SETTINGS))
+    missing = [key for key, default in UPLOAD_SETTINGS.items()
+               if default is None and key not in given]
+    if unknown or missing:
+        raise PipelineError("the upload settings "
+                            + "; ".join([*(f"lack '{key}'" for key in missing),
+                                         *(f"hold an unknown key '{key}'" for key in unknown)]))
+    return {**UPLOAD_SETTINGS, **given}
+
+
 def cmd_upload(args: argparse.Namespace) -> None:
     from deidpipe.upload import upload_session
 
+    settings = _upload_settings(args)
+    labels = _labels_or_manifest_place(args)
+    cli_log = args.cli_log
+    if not cli_log:
+        if not args.results:
+            raise PipelineError("give --cli-log (or --results, to write it there)")
+        cli_log = paths.cli_log(args.results, paths.session_path(**labels))
     record = upload_session(
-        labels=_labels(args), verify_report_path=args.report, manifest_path=args.manifest,
-        staged_session_dir=args.staged_dir, record_path=args.record, log_path=args.cli_log,
-        fw=args.fw, command_template=args.command, extra_env=json.loads(args.env),
-        timeout=args.timeout, ledger_path=args.ledger, reupload=args.reupload,
-        upload_warned=args.upload_warned, approvals_path=args.approvals,
-        extra_error_patterns=tuple(json.loads(args.error_patterns)))
+        labels=labels, verify_report_path=args.report,
+        manifest_path=args.manifest, staged_session_dir=args.staged_dir,
+        record_path=args.record, log_path=cli_log, fw=settings["fw"],
+        command_template=settings["command"], extra_env=settings["env"],
+        timeout=int(settings["timeout"]), ledger_path=settings["ledger"],
+        reupload=bool(settings["reupload"]), upload_warned=bool(settings["upload_warned"]),
+        approvals_path=settings["approvals"],
+        extra_error_patterns=tuple(settings["error_patterns"]))
     if not record["uploaded"]:
         print(f"not uploaded: {record['reason']}", file=sys.stderr)
     else:
@@ -117,6 +196,10 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deidpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", help="the results folder: profile, stage, verify and "
+                                          "upload write their messages to their log there "
+                                          "(logs/<command>/...), and to the console as well "
+                                          "if they fail")
     commands = parser.add_subparsers(dest="command", required=True)
 
     profile = commands.add_parser("profile", help="generate a profile YAML from its CSV folder")
@@ -132,27 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(func=cmd_stage)
 
     verify = commands.add_parser("verify", help="verify one staged session")
-    _add_required(verify, "manifest", "profile", "report", *LABEL_OPTIONS)
-    verify.add_argument("--dicom-dir", help="default: the source folder the manifest names")
-    verify.add_argument("--staged-dir", help="default: beside the manifest, named after it")
-    verify.add_argument("--settings", default="{}",
-                        help="JSON: checks (severities), identifier_attributes, phi_log")
+    _add_required(verify, "manifest", "profile", "report")
+    _add_labels_and_folders(verify, "--dicom-dir", "--staged-dir")
+    _add_settings(verify, "JSON: checks (severities), identifier_attributes, phi_log, ocr",
+                  default="{}")
     verify.add_argument("--threads", type=int, default=1,
                         help="worker processes sharing the session's files")
     verify.set_defaults(func=cmd_verify)
 
     upload = commands.add_parser("upload", help="upload one verified session to Flywheel")
-    _add_required(upload, "report", "manifest", "staged-dir", "record", "cli-log", "fw",
-                  "command", "ledger", *LABEL_OPTIONS)
-    upload.add_argument("--env", default="{}", help="JSON mapping of extra variables")
-    upload.add_argument("--timeout", type=int, required=True)
-    upload.add_argument("--reupload", action="store_true")
-    upload.add_argument("--error-patterns", default="[]",
-                        help="JSON list of extra regular expressions for CLI error lines")
-    upload.add_argument("--approvals", default="",
-                        help="the approvals sheet (decisions on warned sessions)")
-    upload.add_argument("--upload-warned", action="store_true",
-                        help="upload warned sessions without waiting for an approval")
+    _add_required(upload, "report", "manifest", "record")
+    upload.add_argument("--cli-log", help="where the Flywheel CLI's output goes; default: "
+                                          "logs/upload/... below --results")
+    _add_labels_and_folders(upload, "--staged-dir")
+    _add_settings(upload, "JSON: fw, command (the template), timeout, ledger, and optional env "
+                          "(mapping of extra variables), error_patterns (extra regular "
+                          "expressions for CLI error lines), reupload, approvals (the approvals "
+                          "sheet), upload_warned")
     upload.set_defaults(func=cmd_upload)
 
     approve = commands.add_parser(
@@ -186,10 +265,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_log(args: argparse.Namespace) -> Path | None:
+    """The job's log below ``--results`` (deidpipe.paths): named by the profile, or by the
+    session the manifest's place names; None without ``--results``."""
+    if not args.results or args.command not in ("profile", "stage", "verify", "upload"):
+        return None
+    if args.command == "profile":
+        return Path(paths.log(args.results, "profile", Path(args.profile_dir).name))
+    try:
+        labels = _labels_or_manifest_place(args)
+    except PipelineError:
+        return None  # the command says what is wrong, on the console
+    return Path(paths.log(args.results, args.command, paths.session_path(**labels)))
+
+
+@contextmanager
+def _stderr_to(log_path: Path) -> Iterator[None]:
+    """Send this process's messages (and its workers', which inherit them) to the job's log
+    instead of the console, for the time of the block."""
+    from deidpipe.files import OWNER_ONLY_FILE, make_private_dir
+
+    make_private_dir(log_path.parent)
+    sys.stderr.flush()
+    console = os.dup(2)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY_FILE)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Staged copies and reports are still sensitive: nothing we create is readable by others.
     os.umask(0o077)
     args = build_parser().parse_args(argv)
+    log_path = _job_log(args)
+    if log_path is None:
+        return _run(args)
+    # A job of the rules: its messages go to its log, and to the console as well if it fails.
+    with _stderr_to(log_path):
+        try:
+            code = _run(args)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    if code != 0:
+        sys.stderr.write(log_path.read_text(encoding="utf-8", errors="replace"))
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except PipelineError as error:

@@ -6,14 +6,34 @@ the job's own process, since starting workers would cost more than it saves.
 """
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 # Below this many files per worker, fewer workers are started.
 FILES_PER_WORKER_MINIMUM = 8
+
+
+def count_files(folder: str | Path, limit: int) -> int:
+    """The regular files below ``folder`` (links not followed), counted up to ``limit``: a
+    large session is not listed to its end. 0 when the folder cannot be read."""
+    count = 0
+    folders = [folder]
+    while folders and count < limit:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        count += 1
+        except OSError:
+            continue
+    return min(count, limit)
 
 
 def map_in_workers(function: Callable[[Item], Result], items: list[Item], workers: int,

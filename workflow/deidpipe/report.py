@@ -13,12 +13,13 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from deidpipe import paths
 from deidpipe.approvals import Decision, approve_command, read_approvals, review_of
 from deidpipe.errors import PipelineError
 from deidpipe.files import read_json, sha256_file, write_private_bytes
 from deidpipe.findings import EXAMPLE_FILES, group_findings
 from deidpipe.sheet import SessionRow
-from deidpipe.verify import WITHHELD
+from deidpipe.verification.registry import WITHHELD
 
 SUMMARY_COLUMNS = ["group", "project", "subject", "session", "files", "status", "uploaded",
                    "review"]
@@ -27,12 +28,9 @@ REPORT_NAME = "report.html"
 
 
 def session_paths(results: str | Path, session: SessionRow) -> dict[str, Path]:
-    """Where a session's results live (the names the rules use)."""
-    results = Path(results)
-    return {
-        "verify": results / "verify" / f"{session.path}.json",
-        "upload": results / "upload" / f"{session.path}.json",
-    }
+    """Where a session's results live (deidpipe.paths, as the rules name them)."""
+    return {"verify": Path(paths.verify_report(results, session.path)),
+            "upload": Path(paths.upload_record(results, session.path))}
 
 
 # Why an upload record says a session was not uploaded (its 'held' field), for the summary.
@@ -87,25 +85,25 @@ def summarise(sessions: list[SessionRow], results: str | Path, upload: bool, *,
     pairs = Counter((session.subject, session.session) for session in sessions)
     rows = []
     for session in sessions:
-        paths = session_paths(results, session)
+        places = session_paths(results, session)
         files: int | str = ""
         status = "not verified"
         labels = {"subject": session.subject, "session": session.session}
         review, review_state, command = "", "", ""
-        if paths["verify"].exists():
-            report = read_json(paths["verify"])
+        if places["verify"].exists():
+            report = read_json(places["verify"])
             status = report["status"]
             files = report["files"]["staged"]
             labels = {key: report["session"][key] for key in labels}
             if status == "warn" and approvals_error:
                 review, review_state = "not known: the approvals sheet has an error", "error"
             elif status == "warn":
-                found = review_of(decisions, session.key, sha256_file(paths["verify"]))
+                found = review_of(decisions, session.key, sha256_file(places["verify"]))
                 review_state, review, command = _review(
                     found.state, found.decision, session, report["session"], upload_warned,
                     pairs[(session.subject, session.session)] > 1)
-        if paths["upload"].exists():
-            uploaded = _uploaded(read_json(paths["upload"]))
+        if places["upload"].exists():
+            uploaded = _uploaded(read_json(places["upload"]))
         elif not upload:
             uploaded = "no (upload is off)"
         elif status == "not verified":

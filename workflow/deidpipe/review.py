@@ -20,7 +20,6 @@ from pathlib import Path
 
 from deidpipe.files import write_private_bytes
 
-REVIEW_SUFFIX = ".review.html"
 MAX_CARDS = 500
 COUNT_KEYS = ("images", "frames", "read", "with_text", "matched", "not_decoded")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -148,13 +147,6 @@ footer { margin-top: 2.5rem; font-size: .85rem; color: #444; }
                                       -webkit-print-color-adjust: exact; }
 }
 """
-
-
-def review_page_beside(staged_session_dir: str | Path) -> Path:
-    """The review page of the session staged in ``staged_session_dir``: its sibling
-    ``<session>.review.html`` (never inside it: that folder holds only staged files)."""
-    staged = Path(staged_session_dir)
-    return staged.with_name(staged.name + REVIEW_SUFFIX)
 
 
 def _escape(value: object) -> str:
@@ -325,7 +317,7 @@ def render_review_page(title: str, images: Sequence[ReviewImage], counts: dict[s
 def write_review_page(path: str | Path, title: str, images: Sequence[ReviewImage],
                       counts: dict[str, int], generated_at: datetime | None = None) -> None:
     """Write the review page atomically, owner-only (0600), at ``path`` (see
-    review_page_beside: beside the staged session, never in results)."""
+    deidpipe.paths.review_page_beside: beside the staged session, never in results)."""
     when = generated_at or datetime.now().astimezone()
     page = render_review_page(title, images, counts, when)
     write_private_bytes(path, page.encode("utf-8"))

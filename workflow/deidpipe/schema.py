@@ -1,20 +1,19 @@
 """JSON-schema validation with messages that name the place and say what is expected."""
 
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import jsonschema
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """Load ``workflow/schemas/<name>.schema.yaml``."""
-    with open(SCHEMA_DIR / f"{name}.schema.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    """Load ``<name>.schema.yaml`` of the package's ``schemas`` folder (package data: found
+    the same in a checkout and in an installed wheel)."""
+    resource = files("deidpipe") / "schemas" / f"{name}.schema.yaml"
+    return yaml.safe_load(resource.read_text(encoding="utf-8"))
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

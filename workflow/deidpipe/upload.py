@@ -30,6 +30,7 @@ from deidpipe.files import (
     sha256_file,
     write_json,
 )
+from deidpipe.paths import staged_dir_beside
 
 # Output lines of the Flywheel CLI that mean a failure even when it exits 0.
 DEFAULT_ERROR_PATTERNS = (
@@ -154,7 +155,7 @@ def upload_session(
     labels: dict[str, str],
     verify_report_path: str | Path,
     manifest_path: str | Path,
-    staged_session_dir: str | Path,
+    staged_session_dir: str | Path | None = None,
     record_path: str | Path,
     log_path: str | Path,
     fw: str,
@@ -170,8 +171,9 @@ def upload_session(
     """Gate, re-check and upload one session; write its record. Raise PipelineError on failure.
 
     A warned session is gated by the approvals sheet at ``approvals_path`` (None: no decision
-    was made): see ``review_hold``."""
-    staged_session_dir = Path(staged_session_dir)
+    was made): see ``review_hold``. The staged folder is the one beside the manifest unless
+    ``staged_session_dir`` says otherwise."""
+    staged_session_dir = Path(staged_session_dir or staged_dir_beside(manifest_path))
     ledger_path = Path(ledger_path)
     where = "/".join(labels[key] for key in LABEL_KEYS)
     report = read_json(verify_report_path)

@@ -7,11 +7,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from deidpipe import paths
 from deidpipe.approvals import decided_sessions
 from deidpipe.config import check_profile_exists, normalise_config
 from deidpipe.errors import PipelineError
+from deidpipe.files import read_json, write_private_bytes
+from deidpipe.parallel import count_files
 from deidpipe.profile import profile_sources
-from deidpipe.report import write_summary
 from deidpipe.run import take_over_stale_lock
 from deidpipe.sheet import load_sheet
 
@@ -51,16 +53,38 @@ SESSION_BY_KEY = {session.key: session for session in SESSIONS}
 PROFILE = config["profile"]
 STAGING = config["staging"]
 RESULTS = config["results"]
-PROFILE_YAML = f"{RESULTS}/profile/{PROFILE}.yaml"
-SESSION_PATH = "{group}/{project}/{subject}/{session}"
+PROFILE_YAML = paths.profile_yaml(RESULTS, PROFILE)
+SESSION_PATH = paths.SESSION_PATH
 # The manifest lists source paths and staged folder names, which can hold names (a PACS export
 # folder named after the patient, a SeriesDescription): it stays in staging, beside the session
 # folder, not in results.
-MANIFEST = f"{STAGING}/{SESSION_PATH}.manifest.json"
-VERIFY_SETTINGS = json.dumps({key: config[key]
-                              for key in ("checks", "identifier_attributes", "phi_log",
-                                          "ocr")},
-                             sort_keys=True)
+MANIFEST = paths.manifest(STAGING, SESSION_PATH)
+
+
+# Settings files to write before the first job starts (start_run), by path.
+SETTINGS_FILES = {}
+
+
+def fixed_settings_file(step, settings):
+    """The file holding a step's fixed settings (the same for every job), written once per run
+    rather than repeated in each of 10,000 jobs' commands. Its name holds the settings'
+    digest: other settings are another file, so the jobs' commands change and rerun."""
+    text = json.dumps(settings, sort_keys=True)
+    path = paths.settings_file(RESULTS, step, text)
+    SETTINGS_FILES[path] = text
+    return path
+
+
+def start_run():
+    """Before the first job (Snakemake's onstart, which a dry run skips): write the settings
+    files. Cluster jobs read what this process wrote."""
+    if workflow.is_main_process:
+        for path, text in SETTINGS_FILES.items():
+            write_private_bytes(path, text.encode("utf-8"))
+
+
+VERIFY_SETTINGS_FILE = fixed_settings_file(
+    "verify", {key: config[key] for key in ("checks", "identifier_attributes", "phi_log", "ocr")})
 
 LABEL = r"[A-Za-z0-9._-]+"
 
@@ -78,17 +102,53 @@ def dicom_dir_of(wildcards):
     ].dicom_dir
 
 
+# Cores per staging or verification job. A run on this computer gives a session one core, so
+# that sessions run side by side and keep every core busy (each job starts serially: imports,
+# OCR models), and a large session (setting large_session_files) every core (--cores), so that
+# it is not left to one at the end of a batch. Snakemake asks a job for its threads when the
+# job is about to run (its input is there then): staging counts the session's source files
+# (up to the limit), verification reads the count from the manifest. A dry run runs nothing
+# and shows 1 (asking 20,000 jobs would slow planning down). The cluster profiles set the
+# threads of both rules themselves (set-threads: 4), as --set-threads does.
+CLUSTER_THREADS = 4
+LARGE_SESSION_FILES = config["large_session_files"]
+# workflow.dryrun is not known yet while the Snakefile is read; the output settings are.
+DRY_RUN = workflow.output_settings.dryrun
+
+
+def threads_for(files):
+    if files < LARGE_SESSION_FILES:
+        return 1
+    return workflow.cores if workflow.local_exec else CLUSTER_THREADS
+
+
+def stage_threads(wildcards):
+    return threads_for(count_files(dicom_dir_of(wildcards), LARGE_SESSION_FILES))
+
+
+def verify_threads(wildcards, input):
+    try:
+        files = read_json(input.manifest)["counts"]["staged"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = 0  # not staged yet: asked again when it is
+    return threads_for(files)
+
+
 def session_outputs(pattern):
     return [pattern.format(**session.__dict__) for session in SESSIONS]
 
 
 def final_targets():
     if config["upload"]:
-        return session_outputs(f"{RESULTS}/upload/{SESSION_PATH}.json")
-    return session_outputs(f"{RESULTS}/verify/{SESSION_PATH}.json")
+        return session_outputs(paths.upload_record(RESULTS, SESSION_PATH))
+    return session_outputs(paths.verify_report(RESULTS, SESSION_PATH))
 
 
 def finish_run(succeeded):
+    # Imported here, at the end of a run: the report needs pandas and the verification code
+    # (pydicom), which planning has no use for.
+    from deidpipe.report import write_summary
+
     lines = write_summary(SESSIONS, RESULTS, config["upload"], approvals=config["approvals"],
                           upload_warned=config["upload_warned"])
     if config["phi_log"]:
@@ -106,10 +166,17 @@ def literal(text):
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def quoted(text):
+    """A fixed value for a shell command, quoted for the shell and left alone by Snakemake."""
+    return literal(shlex.quote(str(text)))
+
+
 # The shell command of every rule: deidpipe's command line run by the interpreter that has it
-# installed; the job's messages go to its log, and to the console if it fails. Fixed values are
-# written into the command rather than passed as params: Snakemake formats each param of each
-# job while planning, which adds up over 10,000 sessions.
+# installed. Snakemake formats every placeholder of every job's command several times while
+# planning, which adds up over 10,000 sessions: fixed values are written into the command as
+# text (quoted()), and what the command can derive from the manifest's place (the labels, the
+# staged folder) or from the results folder (its log, deidpipe.paths) is not passed. The job
+# writes its messages to its log itself (not a log: of the rule, which cost a tenth of the
+# planning time), and to the console as well if it fails.
 def deidpipe_command(arguments):
-    command = literal(shlex.quote(sys.executable)) + " -m deidpipe " + arguments
-    return f"({command}) 2> {{log:q}} || {{{{ cat {{log:q}} >&2; exit 1; }}}}"
+    return f"{quoted(sys.executable)} -m deidpipe --results {quoted(RESULTS)} {arguments}"

@@ -4,8 +4,6 @@ rule profile:
         profile_sources(PROFILE_DIR),
     output:
         PROFILE_YAML,
-    log:
-        f"{RESULTS}/logs/profile/{PROFILE}.log",
     params:
         profile_dir=PROFILE_DIR,
     localrule: True

@@ -10,16 +10,11 @@ rule stage:
         profile=PROFILE_YAML,
     output:
         manifest=MANIFEST,
-    log:
-        f"{RESULTS}/logs/stage/{SESSION_PATH}.log",
     params:
         dicom_dir=dicom_dir_of,
-    threads: 4
-    resources:
-        mem_mb=1000,
-        runtime=60,
+    threads: 1 if DRY_RUN else stage_threads
     shell:
         deidpipe_command(
-            "stage --dicom-dir {params.dicom_dir:q} --profile {input.profile:q}"
-            " --manifest {output.manifest:q} --threads {threads}"
+            "stage --dicom-dir {params.dicom_dir:q} --profile " + quoted(PROFILE_YAML)
+            + " --manifest {output.manifest:q} --threads {threads}"
         )

@@ -18,41 +18,29 @@ def approvals_of(wildcards):
     return [APPROVALS] if key in DECIDED_SESSIONS else []
 
 
+# The fixed settings, the same for every session: one file written once per run.
+UPLOAD_SETTINGS_FILE = fixed_settings_file("upload", {
+    "fw": config["fw"], "command": config["upload_command"], "env": config["upload_env"],
+    "error_patterns": config["upload_error_patterns"], "timeout": config["upload_timeout"],
+    "ledger": config["ledger"], "reupload": config["reupload"], "approvals": APPROVALS,
+    "upload_warned": config["upload_warned"]})
+
+
 rule upload:
     """Send one verified session's staged copy to Flywheel with the configured CLI command."""
     input:
-        report=f"{RESULTS}/verify/{SESSION_PATH}.json",
+        report=paths.verify_report(RESULTS, SESSION_PATH),
         manifest=MANIFEST,
         approvals=approvals_of,
     output:
-        record=f"{RESULTS}/upload/{SESSION_PATH}.json",
-    log:
-        f"{RESULTS}/logs/upload/{SESSION_PATH}.log",
-    params:
-        staged=f"{STAGING}/{SESSION_PATH}",
-        fw=config["fw"],
-        # Functions, so that Snakemake leaves the template's {placeholders} alone.
-        command=lambda wildcards: config["upload_command"],
-        env=lambda wildcards: json.dumps(config["upload_env"]),
-        error_patterns=lambda wildcards: json.dumps(config["upload_error_patterns"]),
-        timeout=config["upload_timeout"],
-        ledger=config["ledger"],
-        reupload="--reupload" if config["reupload"] else "",
-        approvals=APPROVALS,
-        upload_warned="--upload-warned" if config["upload_warned"] else "",
-        cli_log=f"{RESULTS}/logs/upload/{SESSION_PATH}.fw.log",
+        record=paths.upload_record(RESULTS, SESSION_PATH),
     resources:
         flywheel_uploads=1,
     localrule: True
+    # The staged folder and the labels are read from the manifest's place; the Flywheel CLI's
+    # output goes to paths.cli_log below results.
     shell:
         deidpipe_command(
-            "upload --report {input.report:q}"
-            " --manifest {input.manifest:q} --staged-dir {params.staged:q}"
-            " --record {output.record:q} --cli-log {params.cli_log:q} --fw {params.fw:q}"
-            " --command {params.command:q} --env {params.env:q} --timeout {params.timeout}"
-            " --error-patterns {params.error_patterns:q}"
-            " --ledger {params.ledger:q} {params.reupload}"
-            " --approvals {params.approvals:q} {params.upload_warned}"
-            " --group {wildcards.group:q} --project {wildcards.project:q}"
-            " --subject {wildcards.subject:q} --session {wildcards.session:q}"
+            "upload --report {input.report:q} --manifest {input.manifest:q}"
+            " --record {output.record:q} --settings-file " + quoted(UPLOAD_SETTINGS_FILE)
         )
