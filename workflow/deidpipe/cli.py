@@ -101,10 +101,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from deidpipe.files import read_json
+    from deidpipe.manifest import read_manifest
     from deidpipe.verify import verify_session
 
-    dicom_dir = args.dicom_dir or read_json(args.manifest).get("source_dir")
+    dicom_dir = args.dicom_dir or read_manifest(args.manifest).source_dir
     if not dicom_dir:
         raise PipelineError(f"the manifest {args.manifest} does not name its source folder "
                             "(written by an older version): give --dicom-dir, or stage the "

@@ -61,7 +61,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
-        return cls(source_dir=data["source_dir"], profile=data["profile"],
+        # Manifests of older versions do not name the source folder ('').
+        return cls(source_dir=data.get("source_dir", ""), profile=data["profile"],
                    engine=data.get("engine", ""),
                    files=[StagedFile(**entry) for entry in data["files"]],
                    skipped=[SkippedFile(**entry) for entry in data["skipped"]],

@@ -47,10 +47,6 @@ from deidpipe.files import (
 )
 from deidpipe.manifest import FileError, Manifest, SkippedFile, StagedFile, write_manifest
 from deidpipe.parallel import map_in_workers
-from deidpipe.paths import (  # defined there; here for callers that import them from stage
-    MANIFEST_SUFFIX,  # noqa: F401
-    staged_dir_beside,  # noqa: F401
-)
 from deidpipe.profile import load_profile
 
 # Tags the engine must report for naming (parse_header returns only included tags plus its

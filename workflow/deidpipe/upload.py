@@ -30,6 +30,7 @@ from deidpipe.files import (
     sha256_file,
     write_json,
 )
+from deidpipe.manifest import Manifest, read_manifest
 from deidpipe.paths import staged_dir_beside
 
 # Output lines of the Flywheel CLI that mean a failure even when it exits 0.
@@ -53,10 +54,10 @@ def build_command(template: str, values: dict[str, str]) -> list[str]:
             + ", ".join("{" + key + "}" for key in sorted(values))) from None
 
 
-def check_staged_files(staged_session_dir: Path, manifest: dict[str, Any],
+def check_staged_files(staged_session_dir: Path, manifest: Manifest,
                        manifest_path: Path) -> None:
     """Refuse when the staged files are not exactly those verified (edited, added, removed)."""
-    listed = {entry["staged"]: entry["sha256"] for entry in manifest["files"]}
+    listed = {entry.staged: entry.sha256 for entry in manifest.files}
     on_disk = files_below(staged_session_dir)
     problems = [f"{name}: added after verification" for name in sorted(on_disk - set(listed))]
     problems += [f"{name}: missing" for name in sorted(set(listed) - on_disk)]
@@ -210,7 +211,7 @@ def upload_session(
             approval = {"approved_by": review.decision.by,
                         "approved_when": review.decision.when,
                         "approval": f"line {review.decision.line} of {approvals_path}"}
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(manifest_path)
     if earlier and not reupload:
         last = earlier[-1]
         if last["manifest_sha256"] != manifest_sha256:
@@ -257,7 +258,7 @@ def upload_session(
                             f"reports an error (line {error_line} of {log_path}); it is not "
                             "counted as uploaded and is retried by the next run.")
     record = {"uploaded": True, "time": now, "command": command, "exit_code": 0,
-              "files": len(manifest["files"]), "manifest_sha256": manifest_sha256, **approval}
+              "files": len(manifest.files), "manifest_sha256": manifest_sha256, **approval}
     # Ledger first: if the run dies between the two writes, the ledger still prevents a repeat.
     append_ledger(ledger_path, {**labels, **record})
     write_json(record_path, record)

@@ -11,7 +11,8 @@ from deidpipe import paths
 from deidpipe.approvals import decided_sessions
 from deidpipe.config import check_profile_exists, normalise_config
 from deidpipe.errors import PipelineError
-from deidpipe.files import read_json, write_private_bytes
+from deidpipe.files import write_private_bytes
+from deidpipe.manifest import read_manifest
 from deidpipe.parallel import count_files
 from deidpipe.profile import profile_sources
 from deidpipe.run import take_over_stale_lock
@@ -128,7 +129,7 @@ def stage_threads(wildcards):
 
 def verify_threads(wildcards, input):
     try:
-        files = read_json(input.manifest)["counts"]["staged"]
+        files = len(read_manifest(input.manifest).files)
     except (OSError, ValueError, KeyError, TypeError):
         files = 0  # not staged yet: asked again when it is
     return threads_for(files)
