@@ -24,10 +24,12 @@ def verification_target(run: Run, throughput: Throughput, hotspots: Hotspots | N
     files = run.options.files
     why = (f"verification costs {verify.cpu_ms_per_file:.1f} ms of CPU per file against "
            f"staging's {stage.cpu_ms_per_file:.1f} ms. Staging's per-file work is Flywheel's "
-           "engine (fw-file-rs, Rust); verification reads the source headers for the "
-           "identifiers to search for, then reads every staged file whole with pydicom (an "
-           "independent reader: checking with the engine's own parser would make the check "
-           "depend on the reader whose output it checks) and checks every element in Python.")
+           "engine (fw-file-rs, Rust); verification walks every source header (twice: for the "
+           "identifiers to search for, then to compare) and every staged file with the "
+           "project's own reader (independent of the engine it checks), builds pydicom "
+           "Datasets from what it found, converts values with pydicom (once per distinct "
+           "value and process) and checks every element in Python; each verify job also starts "
+           "with about a second of imports and set-up.")
     if hotspots:
         why += (f" In the profile of one session below, pydicom's own code is "
                 f"{hotspots.verify_share('pydicom'):.0%} of verification's time and deidpipe's "
