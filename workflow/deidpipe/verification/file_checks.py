@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
-from deidpipe.dicom.reader import FIRST_IMAGE_DATA_TAG, IMAGE_DATA_TAGS, PREAMBLE_BYTES
+from deidpipe.dicom.reader import FIRST_IMAGE_DATA_TAG, IMAGE_DATA_TAGS, PREAMBLE_BYTES, mapped
 from deidpipe.documents import document_text
 from deidpipe.identifiers import (
     Needle,
@@ -344,15 +344,17 @@ def check_integrity(staged: Dataset, staged_read: StagedRead, staged_data: bytes
 
 def _same_bytes_from(staged_data: bytes, staged_start: int, source_path: Path,
                      source_start: int) -> bool:
-    staged_tail = memoryview(staged_data)[staged_start:]
-    compared = 0
-    with open(source_path, "rb") as handle:
-        handle.seek(source_start)
-        while chunk := handle.read(COMPARE_CHUNK):
-            if staged_tail[compared:compared + len(chunk)] != chunk:
+    # Slices of bytes and of the mapped source compare with memcmp (a memoryview compares
+    # byte by byte); chunks keep the copies small for large files.
+    with open(source_path, "rb") as handle, mapped(handle) as source:
+        length = len(staged_data) - staged_start
+        if len(source) - source_start != length:
+            return False
+        for offset in range(0, length, COMPARE_CHUNK):
+            if (staged_data[staged_start + offset:staged_start + offset + COMPARE_CHUNK]
+                    != source[source_start + offset:source_start + offset + COMPARE_CHUNK]):
                 return False
-            compared += len(chunk)
-    return compared == len(staged_tail)
+    return True
 
 
 def _compare_image_data(staged: Dataset, source: Dataset, name: str,
