@@ -5,11 +5,10 @@ combinations) comes from the ``dicom-anonymizer`` package's transcription of Tab
 The audit is informational: a site profile keeps many of these on purpose.
 """
 
+from collections.abc import Callable, Iterable
 from functools import cache, lru_cache
 
 from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 STANDARD_EDITION = "dicomfields_2026c"
@@ -55,18 +54,17 @@ def basic_profile_action(tag: int) -> str | None:
     return None
 
 
-def populated_basic_profile_tags(dataset: Dataset) -> list[tuple[int, str]]:
-    """(tag, action) of top-level Basic Profile attributes still holding a value."""
+def populated_basic_profile_tags(tags: Iterable[int], is_empty: Callable[[int], bool]
+                                 ) -> list[tuple[int, str]]:
+    """(tag, action) of the Basic Profile attributes among a data set's top-level ``tags``
+    still holding a value (``is_empty`` is asked only of Basic Profile attributes)."""
     populated = []
-    for stored in dataset.values():
-        if stored.tag.is_private:
+    for tag in tags:
+        if tag >> 16 & 1:
             continue
-        element = stored if isinstance(stored, DataElement) else dataset[stored.tag]
-        if element.is_empty:
-            continue
-        action = basic_profile_action(int(element.tag))
-        if action:
-            populated.append((int(element.tag), action))
+        action = basic_profile_action(tag)
+        if action and not is_empty(tag):
+            populated.append((tag, action))
     return populated
 
 

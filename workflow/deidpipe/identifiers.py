@@ -32,6 +32,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from deidpipe.dicom.datasets import keyword_of
+
 # Attributes whose values identify the patient, besides every PN.
 IDENTIFIER_KEYWORDS = (
     "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate",
@@ -217,30 +219,51 @@ class IdentifierSet:
 
     def add_dataset(self, dataset: Dataset) -> None:
         """Add the identifying values of one source dataset (kept in memory only)."""
-        wanted = set(IDENTIFIER_KEYWORDS) | set(self.extra_keywords)
-        wanted_tags = {tag for keyword in wanted if (tag := tag_for_keyword(keyword))}
-
         def may_identify(raw: RawDataElement) -> bool:
-            # Names (PN), sequences (they hold elements), the identifier keywords, and what the
-            # file does not type (implicit VR, UN): only these are converted and looked at.
-            return raw.VR in (None, "UN", "PN", "SQ") or raw.tag in wanted_tags
+            return self.may_identify(int(raw.tag), raw.VR)
 
-        for nesting, element in iter_elements(dataset, wanted=may_identify):
-            keyword = element.keyword
-            parents = [sequence.keyword or str(sequence.tag) for sequence, _number in nesting]
+        self.add_elements(((tuple(sequence.keyword or str(sequence.tag)
+                                  for sequence, _number in nesting), element)
+                           for nesting, element in iter_elements(dataset, wanted=may_identify)))
+
+    def may_identify(self, tag: int, vr: str | None) -> bool:
+        """Whether an element, from its tag and the VR its file gives (None: implicit), can
+        hold an identifying value: names (PN), sequences (they hold elements), the identifier
+        keywords, and what the file does not type (implicit VR, UN). Only these are converted
+        and looked at."""
+        return vr in (None, "UN", "PN", "SQ") or tag in self._wanted_tags
+
+    @cached_property
+    def _wanted_tags(self) -> frozenset[int]:
+        return frozenset(tag for keyword in self._wanted() if (tag := tag_for_keyword(keyword)))
+
+    def add_elements(self, elements: Iterable[tuple[tuple[str, ...], DataElement]]) -> None:
+        """Add the identifying values of a source's elements, each with the names of the
+        sequences it sits in (``keyword`` or tag), outermost first."""
+        wanted = self._wanted()
+        for parents, element in elements:
+            keyword = keyword_of(int(element.tag))
             if element.VR == "PN":
                 attribute = " > ".join((*parents, keyword or str(element.tag)))
-                for value in _element_values(element):
-                    self._count(attribute, value)
-                    self._add_name(value, attribute, keyword in PATIENT_NAME_KEYWORDS)
+                how = "patient name" if keyword in PATIENT_NAME_KEYWORDS else "staff name"
             elif keyword in wanted:
                 attribute = " > ".join((*parents, keyword))
-                for value in _element_values(element):
-                    self._count(attribute, value)
-                    forms = (date_forms(value) if element.VR == "DA"
-                             else [tuple(tokens_of(value))])
-                    for form in forms:
-                        self._add(form, attribute, "identifier")
+                how = "date" if element.VR == "DA" else "identifier"
+            else:
+                continue
+            for value in _element_values(element):
+                self.merge(_value_effect(attribute, value, how))
+
+    def _add_value(self, attribute: str, value: str, how: str) -> None:
+        self._count(attribute, value)
+        if how in ("patient name", "staff name"):
+            self._add_name(value, attribute, how == "patient name")
+            return
+        for form in date_forms(value) if how == "date" else [tuple(tokens_of(value))]:
+            self._add(form, attribute, "identifier")
+
+    def _wanted(self) -> set[str]:
+        return set(IDENTIFIER_KEYWORDS) | set(self.extra_keywords)
 
     def _count(self, attribute: str, value: str) -> None:
         folded = normalise(value)
@@ -279,6 +302,23 @@ class IdentifierSet:
                                                                  needle.attribute)))
 
 
+# (attribute, value, how it is read) -> the needles and counts it adds: the files of a
+# session repeat their identifying values, and name forms take time to make.
+_value_effects: dict[tuple[str, str, str], IdentifierSet] = {}
+VALUE_EFFECTS_KEPT = 50_000
+
+
+def _value_effect(attribute: str, value: str, how: str) -> IdentifierSet:
+    key = (attribute, value, how)
+    effect = _value_effects.get(key)
+    if effect is None:
+        effect = IdentifierSet()
+        effect._add_value(attribute, value, how)
+        if len(_value_effects) < VALUE_EFFECTS_KEPT:
+            _value_effects[key] = effect
+    return effect
+
+
 TEXT_RESULTS_KEPT = 200_000  # distinct element texts whose search result a process keeps
 
 
@@ -308,7 +348,7 @@ class Matcher:
 
     def find(self, text: str) -> list[Needle]:
         """Needles whose tokens equal a run of whole tokens in ``text``."""
-        return self.find_in_texts([text]).get(0, [])
+        return self.find_each([text]).get(0, [])
 
     def find_in_texts(self, texts: Iterable[str], numeric: Set[int] = frozenset()
                       ) -> dict[int, list[Needle]]:

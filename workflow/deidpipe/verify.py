@@ -54,6 +54,7 @@ LISTED_TALLIES = ("findings", "burned_in_flags", "documents", "pixel_text")
 TALLIES = ("free_text_withheld", "phi_rows", "review_images", *LISTED_TALLIES,
            *COUNTED_TALLIES)
 _worker_extra_keywords: tuple[str, ...] = ()
+INSTANCE_NUMBER, SERIES_INSTANCE_UID = 0x00200013, 0x0020000E
 _worker_context: SessionContext | None = None
 
 
@@ -66,19 +67,22 @@ def _identifiers_of_source(path: str) -> tuple[IdentifierSet, ImageInfo | None]:
     """The identifying values of one source file (kept in memory only, never written), and
     what choosing its images for OCR needs."""
     found = IdentifierSet(_worker_extra_keywords)
-    dataset, image_start = read_source_header(Path(path))
-    if dataset is None:
+    view, image_start = read_source_header(Path(path))
+    if view is None:
         return found, None
     try:
-        found.add_dataset(dataset)
+        # The data set's elements (not the file meta's: group 0002 at the top).
+        found.add_elements((leaf.level.parents, leaf.element)
+                           for leaf in view.iter_leaves(found.may_identify)
+                           if leaf.level.route or leaf.tag >> 16 != 0x0002)
     except READ_ERRORS:
         pass  # a damaged element: the values read before it are kept
     try:
-        instance = int(dataset.get("InstanceNumber"))
+        instance = int(view.value(INSTANCE_NUMBER))  # type: ignore[call-overload]
     except (TypeError, ValueError, READ_ERRORS[0]):
         instance = None
     try:
-        info = ImageInfo(str(dataset.get("SeriesInstanceUID", "")), instance, frame_count(dataset),
+        info = ImageInfo(str(view.value(SERIES_INSTANCE_UID, "")), instance, frame_count(view),
                          has_pixels=image_start < Path(path).stat().st_size)
     except READ_ERRORS:
         info = None

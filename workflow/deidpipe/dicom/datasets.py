@@ -12,6 +12,7 @@ pydicom itself, so that what is reported never depends on which reader read it.
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -32,6 +33,13 @@ from deidpipe.dicom.reader import (
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 MEMO_LIMIT = 50_000  # converted values kept per process (a series shares most of its header)
+
+
+@lru_cache(maxsize=8192)
+def keyword_of(tag: int) -> str:
+    """``DataElement.keyword`` of a tag ('' for private and unknown tags, and repeaters such
+    as overlays), remembered: pydicom looks it up in its dictionary every time."""
+    return DataElement(BaseTag(tag), "UN", None).keyword
 
 
 class NotPlain(Exception):
@@ -70,6 +78,14 @@ def read_file(data: Buffer, memo: ConversionMemo | None = None, whole: bool = Tr
     builder = _Builder(data, read.implicit, read.little, memo)
     dataset = builder.level(read.elements, default_encoding, top=True)
     return ReadFile(read, file_meta, dataset)
+
+
+def read_sequence(data: Buffer, element: Element, implicit: bool, little: bool,
+                  encoding: str | list[str], memo: ConversionMemo | None = None
+                  ) -> DataElement:
+    """One sequence element of a file read by ``read_elements``, as ``read_file`` builds it
+    (``encoding``: its data set's character set)."""
+    return _Builder(data, implicit, little, memo).sequence(element, encoding)
 
 
 def _raw_level(data: Buffer, elements: list[Element], implicit: bool, little: bool

@@ -5,7 +5,6 @@ import re
 from bisect import bisect_right
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -17,26 +16,19 @@ from deidpipe.dicom.reader import FIRST_IMAGE_DATA_TAG, IMAGE_DATA_TAGS, PREAMBL
 from deidpipe.documents import document_text
 from deidpipe.identifiers import (
     Needle,
-    Nesting,
     is_short_number,
 )
 from deidpipe.manifest import StagedFile
-from deidpipe.private_knowledge import load_knowledge_base, path_segment
+from deidpipe.private_knowledge import load_knowledge_base
 from deidpipe.verification.context import SessionContext, shown_source_path, shown_staged_path
 from deidpipe.verification.ocr_checks import read_burned_in_text
 from deidpipe.verification.reading import (
     READ_ERRORS,
     SourceHeader,
-    StagedRead,
-    _raw_values,
-    element_name,
-    element_text,
     frame_count,
     read_source,
     read_source_header,
     read_staged,
-    tag_path,
-    walk_elements,
 )
 from deidpipe.verification.registry import (
     FREE_TEXT_KEYWORDS,
@@ -49,30 +41,33 @@ from deidpipe.verification.registry import (
     Finding,
     PrivateKey,
 )
+from deidpipe.verification.view import FileView, Leaf, element_name, element_text
 
-MISSING = object()
 COMPARE_CHUNK = 1 << 20
+DEIDENTIFICATION_METHOD, PATIENT_AGE = 0x00120063, 0x00101010
+ENCAPSULATED_DOCUMENT = 0x00420011
 
 
-def check_profile_actions(dataset: Dataset, name: str, context: SessionContext) -> None:
+def check_profile_actions(view: FileView, name: str, context: SessionContext) -> None:
     """Every profile action holds: replaced values equal their replacement, removed are absent."""
     for profile_field in context.profile.fields:
         keyword = profile_field["name"]
         tag = _tag_of_keyword(keyword)
-        element = dataset[tag] if tag is not None and tag in dataset else None
+        present = tag is not None and tag in view
         if profile_field.get("remove"):
-            if element is not None:
-                context.add(Finding("profile_actions", name, element_name(element),
+            if present:
+                context.add(Finding("profile_actions", name, element_name(view.element(tag)),
                                     f"{keyword} should have been removed but is present"))
             continue
         replacement = str(profile_field.get("replace-with", ""))
-        if element is None:
+        if not present:
             context.add(Finding("profile_actions", name, keyword,
                                 f"{keyword} should be present (set to the profile's value) "
                                 "but is missing"))
-        elif not _value_equals(element, replacement):
+        elif not (view.is_empty(tag) if replacement == ""
+                  else _value_equals(view.element(tag), replacement)):
             what = "empty" if replacement == "" else "the profile's replacement"
-            context.add(Finding("profile_actions", name, element_name(element),
+            context.add(Finding("profile_actions", name, element_name(view.element(tag)),
                                 f"{keyword} should be {what} but holds another value"))
 
 
@@ -82,9 +77,8 @@ def _tag_of_keyword(keyword: str) -> int | None:
 
 
 def _value_equals(element: DataElement, replacement: str) -> bool:
-    """VR-aware comparison of an element's value with a profile's replacement text."""
-    if replacement == "":
-        return element.is_empty
+    """VR-aware comparison of an element's value with a profile's replacement text (not
+    empty)."""
     value = element.value
     if element.VR in ("DS", "FD", "FL"):
         try:
@@ -101,9 +95,9 @@ def _value_equals(element: DataElement, replacement: str) -> bool:
     return str(value).strip() == replacement.strip()
 
 
-def check_deidentification_method(dataset: Dataset, name: str, context: SessionContext) -> None:
+def check_deidentification_method(view: FileView, name: str, context: SessionContext) -> None:
     """DeidentificationMethod names the profile's version, so anyone can see what was applied."""
-    value = str(dataset.get("DeidentificationMethod", "") or "")
+    value = str(view.value(DEIDENTIFICATION_METHOD, "") or "")
     if value != context.profile.version:
         context.add(Finding("deidentification_method", name,
                             "DeidentificationMethod (0012,0063)",
@@ -126,35 +120,34 @@ def age_in_years(value: str) -> float | None:
     return int(number) * DAYS_PER_UNIT[unit.upper()] / 365.25
 
 
-def check_patient_age(dataset: Dataset, name: str, context: SessionContext) -> None:
+def check_patient_age(view: FileView, name: str, context: SessionContext) -> None:
     """No staged PatientAge (at any depth) is 90 years or more, whatever unit it is in."""
     if not context.active("patient_age"):
         return
-    for nesting, element in walk_elements(dataset):
-        if element.tag != 0x00101010 or element.is_empty:
+    for leaf in view.leaves():
+        if leaf.tag != PATIENT_AGE or leaf.info.empty:
             continue
-        years = age_in_years(str(element.value))
+        years = age_in_years(str(leaf.element.value))
         if years is not None and years >= OLDEST_AGE_SHOWN + 1:
-            context.add(Finding("patient_age", name, tag_path(nesting, element),
+            context.add(Finding("patient_age", name, leaf.path,
                                 "PatientAge is 90 years or more (value not shown): HIPAA "
                                 "Safe Harbor counts ages over 89 as identifiers; empty "
                                 "PatientAge in the profile, or set it to 90Y for such "
                                 "patients"))
 
 
-def scan_elements(dataset: Dataset, name: str, context: SessionContext
+def scan_elements(view: FileView, name: str, context: SessionContext
                   ) -> set[tuple[str, str]]:
     """Leak scan of every element (file meta, sequences, private tags, elements after the
     pixel data); tally private tags and free text on the way. Returns the (source attribute,
     tag path) pairs found, so that the byte scan does not report them again."""
-    elements = [*walk_elements(dataset.file_meta), *walk_elements(dataset)]
-    texts = [element_text(element) for _nesting, element in elements]
-    numeric = {index for index, (_nesting, element) in enumerate(elements)
-               if element.VR in NUMERIC_VRS}
+    leaves = view.leaves()
+    texts = [leaf.info.text for leaf in leaves]
+    numeric = {index for index, leaf in enumerate(leaves) if leaf.info.vr in NUMERIC_VRS}
     found = context.matcher.find_each(texts, numeric)
     places_found = set()
     for index, needles in sorted(found.items()):
-        path = tag_path(*elements[index])
+        path = leaves[index].path
         for needle in needles:
             places_found.add((needle.attribute, path))
             context.add(leak_finding(needle, name, path))
@@ -162,22 +155,23 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext
     free_text_in_file: set[tuple[str, str, str]] = set()
     private_in_file: set[PrivateKey] = set()
     private_values_in_file: set[tuple[PrivateKey, str]] = set()
-    for index, (nesting, element) in enumerate(elements):
-        if element.tag.is_private and element.tag.element >= 0x1000:
+    for index, leaf in enumerate(leaves):
+        element = leaf.element
+        if leaf.tag >> 16 & 1 and leaf.tag & 0xFFFF >= 0x1000:
             creator = (element.private_creator or "(no private creator)",
                        f"{element.tag.group:04X}")
             context.private_creators[creator] += 1
             creators_in_file.add(creator)
-            key = judge_private_element(nesting, element, texts[index], context)
+            key = judge_private_element(leaf, texts[index], context)
             if key is not None:
                 private_in_file.add(key)
                 if index in found:
                     context.private_withheld[key] += 1
                 else:
                     private_values_in_file.add((key, _shown_private_value(texts[index])))
-        if texts[index].strip() and (element.keyword in FREE_TEXT_KEYWORDS
-                                     or element.VR in FREE_TEXT_VRS):
-            attribute = element.keyword or element_name(element)
+        if texts[index].strip() and (leaf.info.keyword in FREE_TEXT_KEYWORDS
+                                     or leaf.info.vr in FREE_TEXT_VRS):
+            attribute = leaf.info.keyword or leaf.info.name
             tag = f"({element.tag.group:04X},{element.tag.element:04X})"
             value = texts[index].strip()
             if index in found:
@@ -191,14 +185,12 @@ def scan_elements(dataset: Dataset, name: str, context: SessionContext
     return places_found
 
 
-def judge_private_element(nesting: Nesting, element: DataElement, text: str,
-                          context: SessionContext) -> PrivateKey | None:
+def judge_private_element(leaf: Leaf, text: str, context: SessionContext
+                          ) -> PrivateKey | None:
     """Tally what TCIA's knowledge base says of a private element; return its key when a
     person must read it (not known to be safe, and it holds text)."""
-    path = (*(path_segment(int(sequence.tag), sequence.private_creator
-                           if sequence.tag.is_private else None) for sequence, _n in nesting),
-            path_segment(int(element.tag), element.private_creator))
-    info = load_knowledge_base().lookup(path)
+    element = leaf.element
+    info = load_knowledge_base().lookup(leaf.segments)
     if info is not None and info.disposition == SAFE_DISPOSITION:
         context.private_verdicts["known_safe"] += 1
         return None
@@ -235,11 +227,13 @@ def _shown_private_value(text: str) -> str:
     return value if len(value) <= MAX_PRIVATE_VALUE else value[:MAX_PRIVATE_VALUE] + "…"
 
 
-def scan_document(dataset: Dataset, name: str, context: SessionContext) -> None:
+def scan_document(view: FileView, name: str, context: SessionContext) -> None:
     """An encapsulated document (PDF, CDA...): its text, inflated and decoded, goes through
     the matcher; the document is listed for a person to read either way, because a scanned
     form is an image inside the PDF that no text scan sees."""
-    document = document_text(dataset)
+    if ENCAPSULATED_DOCUMENT not in view:
+        return
+    document = document_text(view.dataset())
     if document is None:
         return
     place = f"EncapsulatedDocument (0042,0011) > {document.kind}"
@@ -273,25 +267,28 @@ def leak_finding(needle: Needle, name: str, where: str) -> Finding:
                    needle.attribute)
 
 
-def scan_raw_bytes(data: bytes, staged_read: StagedRead, name: str,
+def scan_raw_bytes(data: bytes, view: FileView, name: str,
                    places_found: set[tuple[str, str]], context: SessionContext) -> None:
     """Search the staged file's bytes. A hit inside an element's value is that element's
     (reported at its tag path, under the element scan's rules: no short numbers in numeric
     values, nothing the element scan already reported there); only bytes no parsed element
     holds (the preamble, data after the pixel data or between elements that cannot be
     parsed) are reported as raw bytes."""
-    starts = [span.start for span in staged_read.spans]
+    hits = _find_outside_pixels(data, view.native_pixels, context)
+    if not hits:
+        return
+    spans = view.spans()
+    starts = [span.start for span in spans]
     reported = set(places_found)
-    for needle, offset in _find_outside_pixels(data, staged_read.native_pixels, context):
+    for needle, offset in hits:
         index = bisect_right(starts, offset) - 1
-        span = staged_read.spans[index] if index >= 0 else None
+        span = spans[index] if index >= 0 else None
         if span is not None and offset < span.end:
-            nesting, element = span.located()
-            if is_short_number(needle.folded) and element.VR in NUMERIC_VRS:
+            if is_short_number(needle.folded) and span.info.vr in NUMERIC_VRS:
                 continue  # a measurement or UID component, as in the element scan
-            where = tag_path(nesting, element)
+            where = span.path
         else:
-            where = _unowned_place(offset, staged_read.pixel_end)
+            where = _unowned_place(offset, view.image_end)
         if (needle.attribute, where) not in reported:
             reported.add((needle.attribute, where))
             context.add(leak_finding(needle, name, where))
@@ -317,29 +314,28 @@ def _unowned_place(offset: int, pixel_end: int | None) -> str:
     return "bytes that no element the reader could parse holds"
 
 
-def check_integrity(staged: Dataset, staged_read: StagedRead, staged_data: bytes,
-                    source: SourceHeader, name: str, context: SessionContext) -> None:
+def check_integrity(staged: FileView, staged_data: bytes, source: SourceHeader, name: str,
+                    context: SessionContext) -> None:
     """Pixel data byte-identical to the source's; same number of frames.
 
     Staging copies everything from the image data on as it is, so the two files' bytes from
     there to the end are compared first; only when they differ (a source stored deflated,
     or a real difference) are both files' image data elements read and compared one by one.
     """
-    if source.dataset is None:
+    if source.view is None:
         return
-    staged_start = (staged_read.pixel_start if staged_read.pixel_start is not None
-                    else len(staged_data))
+    staged_start = staged.image_start if staged.image_start is not None else len(staged_data)
     if not _same_bytes_from(staged_data, staged_start, source.path, source.image_start):
         whole_source = read_source(source.path)
         if whole_source is None:
             context.add(Finding("integrity", name, "", "the pixel data could not be compared "
                                 "with the source's (the source cannot be read to its end)"))
         else:
-            _compare_image_data(staged, whole_source, name, context)
-    if frame_count(source.dataset) != frame_count(staged):
+            _compare_image_data(staged.dataset(), whole_source, name, context)
+    if frame_count(source.view) != frame_count(staged):
         context.add(Finding("integrity", name, "NumberOfFrames (0028,0008)",
                             f"{frame_count(staged)} frame(s) staged, the source has "
-                            f"{frame_count(source.dataset)}"))
+                            f"{frame_count(source.view)}"))
 
 
 def _same_bytes_from(staged_data: bytes, staged_start: int, source_path: Path,
@@ -371,28 +367,22 @@ def _compare_image_data(staged: Dataset, source: Dataset, name: str,
                                 "pixel data differs from the source's"))
 
 
-def tally_changes(staged: Dataset, staged_read: StagedRead, source: Dataset | None, name: str,
+def tally_changes(staged: FileView, source: FileView | None, name: str,
                   context: SessionContext) -> None:
     """Count what staging did to each top-level attribute before the image data (values go
     to the PHI log only). Elements whose stored bytes are unchanged are not converted."""
     if source is None:
         return
-    source_raw = _raw_values(source)
-    staged_raw = staged_read.raw_values
-    source_tags = {int(tag) for tag in source.keys()}
-    staged_tags = {int(tag) for tag in staged.keys()}
+    source_tags, staged_tags = set(source.tags), set(staged.tags)
     for tag in sorted(source_tags | staged_tags):
         if tag >= FIRST_IMAGE_DATA_TAG:
             break  # the image data and what follows are compared as bytes (integrity)
         if tag in source_tags and tag in staged_tags:
-            if tag in source_raw and source_raw[tag] == staged_raw.get(tag, MISSING):
+            action = _change(staged, source, tag)
+            if action is None:
                 continue
-            after_value = staged[tag].value
-            if source[tag].value == after_value:
-                continue
-            action = "replaced" if after_value else "emptied"
         elif tag in staged_tags:
-            action = "added" if staged[tag].value else "added (empty)"
+            action = "added" if staged.element(tag).value else "added (empty)"
         else:
             action = "removed"
         context.changes[(tag, action)] += 1
@@ -402,20 +392,46 @@ def tally_changes(staged: Dataset, staged_read: StagedRead, source: Dataset | No
                                      _logged_value(source, tag), _logged_value(staged, tag)])
 
 
-def _logged_value(dataset: Dataset, tag: Any) -> str:
-    if tag not in dataset:
+# (tag, source's stored sequence, staged stored sequence) -> what staging did to it: a
+# series' files share their sequences, and comparing two sequences converts both whole.
+_sequence_changes: dict[tuple[object, ...], str | None] = {}
+SEQUENCE_CHANGES_KEPT = 10_000
+
+
+def _change(staged: FileView, source: FileView, tag: int) -> str | None:
+    """What staging did to an attribute both files hold: None (unchanged), 'replaced' or
+    'emptied'."""
+    source_key, staged_key = source.raw_key(tag), staged.raw_key(tag)
+    if source_key is not None and source_key == staged_key:
+        return None
+    memo_key = None
+    if isinstance(source_key, tuple) and isinstance(staged_key, tuple):
+        memo_key = (tag, source_key, staged_key)
+        if memo_key in _sequence_changes:
+            return _sequence_changes[memo_key]
+    after_value = staged.element(tag).value
+    action = (None if source.element(tag).value == after_value
+              else "replaced" if after_value else "emptied")
+    if memo_key is not None and len(_sequence_changes) < SEQUENCE_CHANGES_KEPT:
+        _sequence_changes[memo_key] = action
+    return action
+
+
+def _logged_value(view: FileView, tag: int) -> str:
+    if tag not in view:
         return ""
     try:
-        return element_text(dataset[tag])
+        return element_text(view.element(tag))
     except READ_ERRORS:
         return "(cannot be read)"
 
 
-def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> bool:
+def check_burned_in(view: FileView, name: str, context: SessionContext) -> bool:
     """Flag images of classes where text is often burned in; True if this one is such."""
     if context.burned_in is None:
         return False
-    flags = context.burned_in.flags(dataset)
+    header = view.header()
+    flags = context.burned_in.flags(header)
     for flag in flags:
         if context.active(flag.check):
             advice = ("open the image and look for names, IDs or dates in the pixels before "
@@ -426,7 +442,7 @@ def check_burned_in(dataset: Dataset, name: str, context: SessionContext) -> boo
             context.add(Finding(flag.check, name, "pixel data (burned-in text)", message))
             context.burned_in_flags.append({"file": name, "reason": flag.reason,
                                             "severity": context.severities[flag.check]})
-    return bool(flags) or context.burned_in.is_risky_class(dataset)
+    return bool(flags) or context.burned_in.is_risky_class(header)
 
 
 # ---- the session -----------------------------------------------------------------------------
@@ -441,39 +457,39 @@ def verify_file(entry: StagedFile, context: SessionContext) -> None:
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         context.add(Finding("inventory", name, "", "staged file changed after staging "
                             "(sha256 differs from the manifest)"))
-    staged_read = read_staged(data)
-    dataset, problem = staged_read.dataset, staged_read.problem
+    view = read_staged(data)
+    problem = view.problem
     if problem:
         context.add(Finding("integrity", name, "", problem))
     source_file = shown_source_path(entry.source, context)
     first_finding = len(context.findings)
     places_found: set[tuple[str, str]] = set()
-    if dataset is not None:
+    if view.readable:
         source_path = context.dicom_dir / entry.source
         source = SourceHeader(source_path, *read_source_header(source_path))
         try:
-            tally_changes(dataset, staged_read, source.dataset, name, context)
+            tally_changes(view, source.view, name, context)
         except READ_ERRORS as error:  # a damaged source element
-            source.dataset = None
+            source.view = None
             context.add(Finding("integrity", name, "", "the source file's header cannot be "
                                 f"read ({type(error).__name__}); pixel data and attribute "
                                 "changes were not compared"))
-        check_profile_actions(dataset, name, context)
-        check_deidentification_method(dataset, name, context)
-        places_found = scan_elements(dataset, name, context)
-        scan_document(dataset, name, context)
-        check_patient_age(dataset, name, context)
+        check_profile_actions(view, name, context)
+        check_deidentification_method(view, name, context)
+        places_found = scan_elements(view, name, context)
+        scan_document(view, name, context)
+        check_patient_age(view, name, context)
         if not problem:
             try:
-                check_integrity(dataset, staged_read, data, source, name, context)
+                check_integrity(view, data, source, name, context)
             except READ_ERRORS as error:
                 context.add(Finding("integrity", name, "", "the pixel data could not be "
                                     f"compared with the source's ({type(error).__name__})"))
-        at_risk = check_burned_in(dataset, name, context)
+        at_risk = check_burned_in(view, name, context)
         if not problem:
-            read_burned_in_text(dataset, entry.staged, name, at_risk, context)
-        for tag, action in populated_basic_profile_tags(dataset):
+            read_burned_in_text(view, entry.staged, name, at_risk, context)
+        for tag, action in populated_basic_profile_tags(view.tags, view.is_empty):
             context.basic_profile[(tag, action)] += 1
-    scan_raw_bytes(data, staged_read, name, places_found, context)
+    scan_raw_bytes(data, view, name, places_found, context)
     for finding in context.findings[first_finding:]:
         finding.source_file = source_file

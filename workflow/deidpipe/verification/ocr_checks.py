@@ -2,8 +2,7 @@
 
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
-
+from deidpipe.dicom.reader import PIXEL_DATA
 from deidpipe.manifest import StagedFile
 from deidpipe.ocr import (
     PixelDecodeError,
@@ -16,6 +15,7 @@ from deidpipe.review import ReviewImage, ReviewText
 from deidpipe.verification.context import SessionContext
 from deidpipe.verification.reading import frame_count
 from deidpipe.verification.registry import Finding
+from deidpipe.verification.view import FileView
 
 # ---- text burned into the pixels (OCR) -------------------------------------------------------
 
@@ -65,14 +65,14 @@ def _image_region(box: tuple[tuple[int, int], ...], width: int, height: int) -> 
     return "middle" if (row, column) == ("middle", "centre") else f"{row} {column}"
 
 
-def read_burned_in_text(dataset: Dataset, staged: str, name: str, at_risk: bool,
+def read_burned_in_text(view: FileView, staged: str, name: str, at_risk: bool,
                         context: SessionContext) -> None:
     """OCR the chosen frames of one staged image and match what it reads against the
     session's identifiers: a match fails, other text and images that cannot be decoded are
     for a person to look at. Thumbnails go to the review page beside the staged session."""
-    if not any(context.active(check) for check in OCR_CHECKS) or "PixelData" not in dataset:
+    if not any(context.active(check) for check in OCR_CHECKS) or PIXEL_DATA not in view:
         return
-    frames_in_file = frame_count(dataset)
+    frames_in_file = frame_count(view)
     context.ocr_counts["images"] += 1
     context.ocr_counts["frames"] += frames_in_file
     is_thumbnail = context.ocr_plan.get(staged)
@@ -82,7 +82,7 @@ def read_burned_in_text(dataset: Dataset, staged: str, name: str, at_risk: bool,
     series = staged.rpartition("/")[0]
     reasons_of_file = ["at risk of burned-in text"] if at_risk else []
     try:
-        images = viewable_frames(dataset, frames)
+        images = viewable_frames(view.dataset(), frames)
     except PixelDecodeError as error:
         context.ocr_counts["not_decoded"] += len(frames)
         context.add(Finding("burned_in_text_review", name, "pixel data",
