@@ -229,13 +229,20 @@ LONG_LENGTH = {True: struct.Struct("<I"), False: struct.Struct(">I")}
 ZEROS = b"\0" * 8
 
 
-@lru_cache(maxsize=8192)
 def _fits_its_type(tag: int, vr: bytes, length: int) -> bool:
     """A number-valued element's length is a multiple of its value size (readers refuse it
     otherwise). 'US or SS' and the like have one size."""
-    name = vr.decode() if vr and vr != b"UN" else dictionary_vr(tag)
-    sizes = {VALUE_SIZE.get(option.strip().encode(), 1) for option in name.split(" or ")}
-    return len(sizes) != 1 or length % sizes.pop() == 0
+    size = VALUE_SIZE.get(vr) if vr and vr != b"UN" else _dictionary_value_size(tag)
+    return size is None or length % size == 0
+
+
+@lru_cache(maxsize=8192)
+def _dictionary_value_size(tag: int) -> int | None:
+    """The value size of a tag's VR in the dictionary (None: text or bytes, or VRs of
+    different sizes)."""
+    sizes = {VALUE_SIZE.get(option.strip().encode(), 1)
+             for option in dictionary_vr(tag).split(" or ")}
+    return sizes.pop() if len(sizes) == 1 and 1 not in sizes else None
 
 
 class _Walker:
@@ -297,7 +304,8 @@ class _Walker:
             self.damaged("its sequences are nested too deep to be real")
         while end is None or offset < end:
             if found is not None and (offset == self.size or (
-                    self.data[offset:offset + 8] == ZEROS[:self.size - offset]
+                    self._may_be_padding(offset)
+                    and self.data[offset:offset + 8] == ZEROS[:self.size - offset]
                     and self._only_padding_from(offset))):
                 if self.whole and offset != self.size:
                     self.damaged("it ends in padding")  # a reader of its own must judge it
@@ -401,6 +409,10 @@ class _Walker:
             if value + length > self.size:
                 self.cut_short(PIXEL_DATA, length, self.size - value)
             offset = value + length
+
+    def _may_be_padding(self, offset: int) -> bool:
+        """Two zero bytes (or one at the end): a cheap first test (no slice) for padding."""
+        return self.data[offset] == 0 and (offset + 1 == self.size or self.data[offset + 1] == 0)
 
     def _only_padding_from(self, offset: int) -> bool:
         """Zero bytes to the end (some exports pad files to a block size)."""

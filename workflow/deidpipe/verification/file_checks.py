@@ -13,7 +13,6 @@ from pydicom.multival import MultiValue
 
 from deidpipe.basic_profile import describe_tag, populated_basic_profile_tags
 from deidpipe.dicom.reader import FIRST_IMAGE_DATA_TAG, IMAGE_DATA_TAGS, PREAMBLE_BYTES, mapped
-from deidpipe.documents import document_text
 from deidpipe.identifiers import (
     Needle,
     is_short_number,
@@ -233,6 +232,9 @@ def scan_document(view: FileView, name: str, context: SessionContext) -> None:
     form is an image inside the PDF that no text scan sees."""
     if ENCAPSULATED_DOCUMENT not in view:
         return
+    # Imported here: pypdf takes a tenth of a second to import, and few sessions hold documents.
+    from deidpipe.documents import document_text
+
     document = document_text(view.dataset())
     if document is None:
         return

@@ -356,6 +356,9 @@ class RecordView(FileView):
             yield Leaf(level, info, element.tag, element.start, element.end)
 
     def element(self, tag: int) -> DataElement:
+        info = self._top_infos.get(tag)
+        if info is not None and info.element is not None:
+            return info.element
         element = self.top[tag]
         if element.items is not None:
             if tag not in self._sequences:  # built alone: the whole Dataset is not needed
@@ -365,10 +368,8 @@ class RecordView(FileView):
             return self._sequences[tag]
         if tag in IMAGE_DATA_TAGS:
             return self.dataset()[tag]
-        info = self._top_infos.get(tag)
-        if info is None:
-            info = self._info(element, self.top_creators, ROOT)
-            self._top_infos[tag] = info
+        info = self._info(element, self.top_creators, ROOT)
+        self._top_infos[tag] = info
         assert info.element is not None
         return info.element
 
@@ -405,8 +406,12 @@ class RecordView(FileView):
 
     @cached_property
     def _header(self) -> Dataset:
-        return Dataset({BaseTag(tag): self.element(tag) for tag, element in self.top.items()
-                        if element.items is None and tag not in IMAGE_DATA_TAGS})
+        if "_walked" not in self.__dict__:  # else the walk has converted them all
+            for tag, element in self.top.items():
+                if element.items is None and tag not in IMAGE_DATA_TAGS:
+                    self.element(tag)
+        return Dataset({BaseTag(tag): info.element for tag, info in self._top_infos.items()
+                        if info.element is not None})
 
     def header(self) -> Dataset:
         return self._header
