@@ -26,10 +26,10 @@ def verification_target(run: Run, throughput: Throughput, hotspots: Hotspots | N
            f"staging's {stage.cpu_ms_per_file:.1f} ms. Staging's per-file work is Flywheel's "
            "engine (fw-file-rs, Rust); verification walks every source header (twice: for the "
            "identifiers to search for, then to compare) and every staged file with the "
-           "project's own reader (independent of the engine it checks), builds pydicom "
-           "Datasets from what it found, converts values with pydicom (once per distinct "
-           "value and process) and checks every element in Python; each verify job also starts "
-           "with about a second of imports and set-up.")
+           "project's own reader (independent of the engine it checks), converts each "
+           "distinct value with pydicom once per process and checks every element in Python; "
+           "each verify job also imports pydicom (which staging does not need), so it starts "
+           "about half a second later than a stage job.")
     if hotspots:
         why += (f" In the profile of one session below, pydicom's own code is "
                 f"{hotspots.verify_share('pydicom'):.0%} of verification's time and deidpipe's "
