@@ -18,6 +18,15 @@ FAKE_FW = REPO / "tests" / "fake_fw" / "fw"
 PROJECT_FILES = ("Snakefile", "config.yaml", "sessions.tsv", "workflow", "profiles", "demo")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start installing the real Flywheel CLIs (tests/real_fw) in the background as soon as a
+    test that needs them is collected, so that the installs overlap the tests before it."""
+    if any(item.path.name == "test_flywheel_cli.py" for item in session.items):
+        from real_fw import start_installing
+
+        start_installing()
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the project with the demo, as a user would have after cloning."""

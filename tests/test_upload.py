@@ -1,11 +1,16 @@
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import FAKE_FW, fw_calls
+from conftest import FAKE_FW, REPO, fw_calls
+from deidpipe import upload as upload_module
 from deidpipe.approvals import append_decision
+from deidpipe.config import UPLOAD_COMMANDS, normalise_config, template_problems
 from deidpipe.errors import PipelineError
 from deidpipe.stage import stage_session
 from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session, plant_private_tag
@@ -13,10 +18,7 @@ from deidpipe.upload import build_command, upload_session
 from deidpipe.verify import verify_session
 
 LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
-IMPORT_17 = ("{fw} import dicom {staged_session_dir} {group} {project} "
-             "--subject {subject} --session {session} -y")
-INGEST_18 = ("{fw} ingest dicom {staged_session_dir} {group} {project} "
-             "--subject {subject} --session {session} -y")
+IMPORT_17, INGEST_18 = UPLOAD_COMMANDS["17"], UPLOAD_COMMANDS["18"]
 
 
 @pytest.fixture
@@ -35,10 +37,13 @@ def verified(tmp_path, profile_v1):
 def upload(tmp_path: Path, monkeypatch, template: str = IMPORT_17, fail: str = "",
            soft_fail: str = "",
            timeout: int = 60, reupload: bool = False, extra_env=None,
-           upload_warned: bool = False) -> dict:
+           upload_warned: bool = False, audit_fail: str = "", stop_after: int = -1) -> dict:
     monkeypatch.setenv("FAKE_FW_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_FW_SERVER", str(tmp_path / "flywheel.jsonl"))
     monkeypatch.setenv("FAKE_FW_FAIL", fail)
     monkeypatch.setenv("FAKE_FW_SOFT_FAIL", soft_fail)
+    monkeypatch.setenv("FAKE_FW_AUDIT_FAIL", audit_fail)
+    monkeypatch.setenv("FAKE_FW_STOP_AFTER", str(stop_after))
     return upload_session(
         labels=LABELS, verify_report_path=tmp_path / "report.json",
         manifest_path=tmp_path / "manifest.json", staged_session_dir=tmp_path / "staged",
@@ -81,7 +86,8 @@ def test_failed_session_is_blocked_without_calling_the_cli(tmp_path, monkeypatch
 
 def test_cli_failure_leaves_no_record(tmp_path, monkeypatch, verified):
     verified()
-    with pytest.raises(PipelineError, match=r"upload command failed \(exit code 1\)"):
+    with pytest.raises(PipelineError, match=r"the upload failed \(the Flywheel CLI's exit code "
+                                            r"was 1\)\. The CLI's output is in .*fw\.log"):
         upload(tmp_path, monkeypatch, fail="sub-01/ses-01")
     assert not (tmp_path / "record.json").exists()
     assert not (tmp_path / "ledger.jsonl").exists()
@@ -92,7 +98,7 @@ def test_cli_failure_leaves_no_record(tmp_path, monkeypatch, verified):
 
 def test_missing_legacy_flag_is_a_failure(tmp_path, monkeypatch, verified):
     verified()
-    with pytest.raises(PipelineError, match="exit code 2"):
+    with pytest.raises(PipelineError, match="offers `fw import` only with FLYWHEEL_CLI_LEGACY"):
         upload(tmp_path, monkeypatch, extra_env={})
     assert not (tmp_path / "record.json").exists()
 
@@ -136,8 +142,10 @@ def test_ledger_refuses_other_staged_files_unless_told(tmp_path, monkeypatch, ve
 
 
 def test_command_template_placeholders():
-    values = {"fw": "/opt/fw", "staged_session_dir": "/s/a b", **LABELS}
+    values = {"fw": "/opt/fw", "staged_session_dir": "/s/a b", "audit_log": "/r/a.csv",
+              **LABELS}
     assert build_command(IMPORT_17, values)[:4] == ["/opt/fw", "import", "dicom", "/s/a b"]
+    assert build_command(INGEST_18, values)[-3:] == ["--save-audit-logs", "/r/a.csv", "-y"]
     with pytest.raises(PipelineError, match="allowed placeholders"):
         build_command("{fw} import {nope}", values)
 
@@ -349,8 +357,8 @@ def test_upload_command_failure_shows_its_log_and_names_bad_settings(tmp_path,
                       env={"FAKE_FW_LOG": str(tmp_path / "calls.jsonl"),
                            "FAKE_FW_FAIL": "sub-01/ses-01"})
     assert failed.returncode == 1
-    message = ("error: session g/p/sub-01/ses-01: the upload command failed (exit code 1); "
-               "see ")
+    message = ("error: session g/p/sub-01/ses-01: the upload failed (the Flywheel CLI's exit "
+               "code was 1). The CLI's output is in ")
     assert failed.stderr.startswith(message)  # on the console, as in the log
     log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.log"
     assert log.read_text() == failed.stderr
@@ -360,3 +368,95 @@ def test_upload_command_failure_shows_its_log_and_names_bad_settings(tmp_path,
     broken = deidpipe(*arguments, "--settings", json.dumps({**settings, "colour": "blue"}))
     assert broken.returncode == 1
     assert "the upload settings lack 'ledger'; hold an unknown key 'colour'" in broken.stderr
+
+
+def on_server(tmp_path: Path) -> list[str]:
+    """The files the fake Flywheel holds for the session, each as often as it was sent."""
+    with open(tmp_path / "flywheel.jsonl", encoding="utf-8") as handle:
+        return sorted(json.loads(line)["where"][-1] for line in handle)
+
+
+@pytest.mark.parametrize("template", [IMPORT_17, INGEST_18], ids=["import", "ingest"])
+def test_record_keeps_the_audit_log_and_what_the_cli_reported(tmp_path, monkeypatch, verified,
+                                                              template):
+    verified()
+    record = upload(tmp_path, monkeypatch, template=template)
+    audit_log = Path(record["audit_log"])
+    assert audit_log.parent == tmp_path and audit_log.name.startswith("fw.audit-")
+    assert audit_log.is_file()
+    assert record["cli_reported"] == {"entries": 2, "uploaded": 2, "already_in_flywheel": 0}
+    assert record["files"] == 2
+
+
+@pytest.mark.parametrize("template", [IMPORT_17, INGEST_18], ids=["import", "ingest"])
+def test_failed_file_in_the_audit_log_fails_the_upload_despite_exit_zero(
+        tmp_path, monkeypatch, verified, template):
+    verified()
+    with pytest.raises(PipelineError, match=r"audit log .* reports 1 of 2 entries not uploaded "
+                                            r"\(first: line \d+, (status failed, error GE01|"
+                                            r"marked failed)\)"):
+        upload(tmp_path, monkeypatch, template=template, audit_fail="sub-01/ses-01")
+    assert not (tmp_path / "record.json").exists()
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
+@pytest.mark.parametrize("template", [IMPORT_17, INGEST_18], ids=["import", "ingest"])
+def test_upload_retried_after_an_interruption_sends_only_what_is_missing(
+        tmp_path, monkeypatch, verified, template):
+    verified()
+    with pytest.raises(PipelineError, match="retried by the next run"):
+        upload(tmp_path, monkeypatch, template=template, stop_after=1)
+    assert len(on_server(tmp_path)) == 1  # the interruption left one file in Flywheel
+    assert not (tmp_path / "record.json").exists()
+    record = upload(tmp_path, monkeypatch, template=template)
+    files = on_server(tmp_path)
+    assert len(files) == 2 and len(set(files)) == 2  # each file once: no duplicate
+    assert record["cli_reported"] == {"entries": 2, "uploaded": 1, "already_in_flywheel": 1}
+    # Control: without --skip-existing the same retry sends the file in Flywheel again.
+    (tmp_path / "flywheel.jsonl").unlink()
+    (tmp_path / "ledger.jsonl").unlink()
+    with pytest.raises(PipelineError):
+        upload(tmp_path, monkeypatch, template=template.replace(" --skip-existing", ""),
+               stop_after=1)
+    upload(tmp_path, monkeypatch, template=template.replace(" --skip-existing", ""))
+    assert len(on_server(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("option", ["--de-identify", "--profile site.yaml", "--profile=site",
+                                    "--deid-profile minimal", "--deid-profile=minimal"])
+def test_command_that_would_de_identify_again_is_refused_before_any_call(
+        tmp_path, monkeypatch, verified, option):
+    verified()
+    with pytest.raises(PipelineError, match="de-identify the files again"):
+        upload(tmp_path, monkeypatch, template=f"{INGEST_18} {option}")
+    assert not (tmp_path / "calls.jsonl").exists()
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_refused_options_are_told_apart_from_lookalikes_and_stop_the_run_at_start():
+    assert template_problems(f"{INGEST_18} --deid-profiles-dir x --profiled") == []
+    assert template_problems(INGEST_18) == template_problems(IMPORT_17) == []
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert shipped["upload_command"] == IMPORT_17  # the default is the documented command
+    normalise_config(shipped, [])
+    with pytest.raises(PipelineError, match="holds '--de-identify'"):
+        normalise_config({**shipped, "upload_command": f"{IMPORT_17} --de-identify"}, [])
+
+
+def test_cli_that_hangs_after_a_fatal_message_is_stopped_with_its_workers(
+        tmp_path, monkeypatch, verified):
+    verified()
+    monkeypatch.setattr(upload_module, "FATAL_GRACE_SECONDS", 1)
+    monkeypatch.setenv("FAKE_FW_NO_LOGIN", "1")
+    monkeypatch.setenv("FAKE_FW_WORKER_PID", str(tmp_path / "worker.pid"))
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"not logged in on this computer: run `fw login`.*"
+                                            r"stopped 1 s after saying so"):
+        upload(tmp_path, monkeypatch, template=INGEST_18, timeout=120)
+    assert time.monotonic() - started < 60  # not the whole timeout
+    worker = int((tmp_path / "worker.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # the CLI's worker did not outlive the call
+        for _ in range(50):
+            os.kill(worker, 0)
+            time.sleep(0.1)
+    assert not (tmp_path / "record.json").exists()

@@ -91,7 +91,7 @@ def test_failed_upload_is_retried_warned_waits_for_approval_nothing_repeated(pro
     first = run_snakemake(project, *upload_config(),
                           env=upload_env(fake_fw_log, "sub-001/ses-01"))
     assert first.returncode != 0
-    assert "sub-001" in first.stderr and "exit code 1" in first.stderr
+    assert "sub-001" in first.stderr and "exit code was 1" in first.stderr
     assert [call["subject"] for call in fw_calls(fake_fw_log)] == ["sub-001"]
     records = project / "results/upload/demo/deid-demo"
     assert not (records / "sub-001/ses-01.json").exists()

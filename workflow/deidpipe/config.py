@@ -1,6 +1,7 @@
 """Load and check config.yaml (with --config overrides) before anything runs."""
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,36 @@ BOOLEAN_KEYS = ("upload", "reupload", "upload_warned")
 TEXT_KEYS = ("group", "project", "sessions", "profile", "staging", "results", "fw",
              "upload_command", "ledger", "phi_log", "approvals")
 TRUE_WORDS = {"true": True, "yes": True, "false": False, "no": False}
+
+# The upload commands the pipeline documents, by Flywheel CLI version (each tested against that
+# CLI's own argument parser). Both skip files already in Flywheel, so that an upload retried
+# after an interruption adds only what is missing, and save the CLI's audit log (one line per
+# file or acquisition, failures marked) beside the CLI log.
+UPLOAD_COMMANDS = {
+    "17": "{fw} import dicom {staged_session_dir} {group} {project} --subject {subject} "
+          "--session {session} --skip-existing --audit-log-path {audit_log} -y",
+    "18": "{fw} ingest dicom {staged_session_dir} {group} {project} --subject {subject} "
+          "--session {session} --skip-existing --save-audit-logs {audit_log} -y",
+}
+# Options that make the CLI de-identify again: the staged copy is de-identified and verified,
+# and a second pass would shift dates or hash UIDs again, or undo what was checked.
+SECOND_DEIDENTIFICATION = ("--de-identify", "--deid-profile", "--profile")
+
+
+def template_problems(template: str) -> list[str]:
+    """Why an upload command template cannot be used (empty: it can)."""
+    try:
+        words = shlex.split(template)
+    except ValueError as error:
+        return [f"setting 'upload_command' cannot be split into words ({error})"]
+    problems = []
+    for flag in SECOND_DEIDENTIFICATION:
+        if any(word == flag or word.startswith(flag + "=") for word in words):
+            problems.append(
+                f"setting 'upload_command' holds '{flag}', which makes the Flywheel CLI "
+                "de-identify the files again; the staged copy is already de-identified and "
+                "verified, and a second pass would change what was checked. Remove it.")
+    return problems
 
 
 def _as_bool(value: Any) -> Any:
@@ -100,6 +131,7 @@ def _meaning_problems(config: dict[str, Any]) -> list[str]:
         problems.append("settings 'upload_command'/'upload_env' must not hold a Flywheel API "
                         "key: it would appear in process lists and logs. Log in once with "
                         "'fw login' instead; the CLI keeps the key in your home folder.")
+    problems += template_problems(config["upload_command"])
     if config["phi_log"]:
         phi_log = Path(config["phi_log"]).resolve()
         for key in ("staging", "results"):

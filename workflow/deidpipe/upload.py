@@ -10,17 +10,22 @@ when the approvals sheet (``deidpipe.approvals``) approves its current verificat
 A rejection stops the upload whatever ``upload_warned`` says.
 """
 
+import csv
 import datetime
 import fcntl
 import json
 import os
 import re
+import secrets
 import shlex
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from deidpipe.approvals import Review, approve_command, read_approvals, review_of
+from deidpipe.config import template_problems
 from deidpipe.errors import PipelineError
 from deidpipe.files import (
     OWNER_ONLY_FILE,
@@ -43,9 +48,35 @@ DEFAULT_ERROR_PATTERNS = (
 
 LABEL_KEYS = ("group", "project", "subject", "session")
 
+# What the CLI prints when it fails for a reason a person can fix, what to do about it, and
+# whether the CLI can get past it (a missing or refused login it cannot).
+KNOWN_CAUSES = (
+    (re.compile(r"invalid choice: 'import'"),
+     "this Flywheel CLI offers `fw import` only with FLYWHEEL_CLI_LEGACY=true: set it in "
+     "'upload_env', or use its `fw ingest dicom` command (README, \"Uploads\")", False),
+    (re.compile(r"invalid group_id value"),
+     "the Flywheel CLI refuses the group id: Flywheel group ids have 2 to 32 characters, "
+     "lower-case letters, digits, '.', '@', '_' or '-', and start and end with a letter or "
+     "digit; correct the group in sessions.tsv or config.yaml", False),
+    (re.compile(r"(?i)not logged in"),
+     "the Flywheel CLI is not logged in on this computer: run `fw login` with your API key "
+     "(as the user who runs the pipeline), then run the pipeline again", True),
+    (re.compile(r"(?i)invalid api key|not authorized|unauthorized"),
+     "Flywheel refused the CLI's login (the API key is not valid or has expired): run "
+     "`fw login` again with a current API key, then run the pipeline again", True),
+    # Not a file the CLI cannot read ('[Errno 13] Permission denied: ...').
+    (re.compile(r"(?i)(?<!\] )permission denied|not enough permissions|forbidden"),
+     "Flywheel refused the upload: the logged-in user may not add data to this group and "
+     "project; ask the project's administrator for upload permission", False),
+)
+
 
 def build_command(template: str, values: dict[str, str]) -> list[str]:
-    """Split the template like a shell would, then fill each word (no shell, no quoting bugs)."""
+    """Split the template like a shell would, then fill each word (no shell, no quoting bugs).
+    A template that would de-identify again is refused."""
+    problems = template_problems(template)
+    if problems:
+        raise PipelineError("; ".join(problems))
     try:
         return [word.format(**values) for word in shlex.split(template)]
     except (KeyError, IndexError, ValueError) as error:
@@ -228,8 +259,11 @@ def upload_session(
         write_json(record_path, record)
         return record
     check_staged_files(staged_session_dir, manifest, Path(manifest_path))
+    audit_log = audit_log_beside(Path(log_path), now)
+    uses_audit_log = "{audit_log}" in command_template
     command = build_command(command_template, {
-        "fw": fw, "staged_session_dir": str(staged_session_dir), **labels})
+        "fw": fw, "staged_session_dir": str(staged_session_dir), "audit_log": str(audit_log),
+        **labels})
     make_private_dir(Path(log_path).parent)
     with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OWNER_ONLY_FILE),
               "a", encoding="utf-8") as log:
@@ -237,9 +271,8 @@ def upload_session(
         start_of_call = log.tell()
         log.flush()
         try:
-            completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env={**os.environ, **extra_env},
-                                       timeout=timeout, check=False)
+            returncode = run_cli(command, log, Path(log_path), start_of_call,
+                                 {**os.environ, **extra_env}, timeout)
         except FileNotFoundError:
             raise PipelineError(f"session {where}: the Flywheel CLI '{command[0]}' was not "
                                 "found; set 'fw' in config.yaml") from None
@@ -247,19 +280,193 @@ def upload_session(
             raise PipelineError(f"session {where}: the upload did not finish within {timeout} "
                                 f"s and was stopped; see {log_path}. It is retried by the "
                                 "next run.") from None
-    if completed.returncode != 0:
-        raise PipelineError(f"session {where}: the upload command failed (exit code "
-                            f"{completed.returncode}); see {log_path}. It is retried by the "
-                            "next run.")
+        except CliGaveUp as gave_up:
+            raise PipelineError(f"session {where}: the upload failed: {gave_up}. The CLI's "
+                                f"output is in {log_path}; it was stopped {FATAL_GRACE_SECONDS}"
+                                " s after saying so (it had not ended by itself); the session "
+                                "is retried by the next run.") from None
+    if returncode != 0:
+        cause = known_cause(Path(log_path), start_of_call)
+        raise PipelineError(f"session {where}: the upload failed"
+                            + (f": {cause}" if cause else
+                               f" (the Flywheel CLI's exit code was {returncode})")
+                            + f". The CLI's output is in {log_path}; the session is retried by "
+                            "the next run.")
     error_line = reported_error(Path(log_path), start_of_call,
                                 (*DEFAULT_ERROR_PATTERNS, *extra_error_patterns))
     if error_line is not None:
+        cause = known_cause(Path(log_path), start_of_call)
         raise PipelineError(f"session {where}: the upload command exited 0 but its output "
-                            f"reports an error (line {error_line} of {log_path}); it is not "
-                            "counted as uploaded and is retried by the next run.")
+                            f"reports an error (line {error_line} of {log_path})"
+                            + (f": {cause}" if cause else "")
+                            + "; it is not counted as uploaded and is retried by the next run.")
+    reported: dict[str, Any] = {}
+    if uses_audit_log:
+        reported = read_audit_log(audit_log)
+        if reported["failed"]:
+            raise PipelineError(
+                f"session {where}: the Flywheel CLI exited 0 but its audit log ({audit_log}) "
+                f"reports {reported['failed']} of {reported['entries']} entries not uploaded "
+                f"(first: line {reported['first_failure_line']}, "
+                f"{reported['first_failure']}); it is not counted as uploaded and is retried "
+                "by the next run.")
     record = {"uploaded": True, "time": now, "command": command, "exit_code": 0,
               "files": len(manifest.files), "manifest_sha256": manifest_sha256, **approval}
+    if uses_audit_log:
+        record["audit_log"] = str(audit_log)
+        record["cli_reported"] = {key: reported[key] for key in (
+            "entries", "uploaded", "already_in_flywheel")}
     # Ledger first: if the run dies between the two writes, the ledger still prevents a repeat.
     append_ledger(ledger_path, {**labels, **record})
     write_json(record_path, record)
     return record
+
+
+# After the CLI has printed a cause it cannot get past (no login), it is given this long to end
+# by itself: flywheel-cli's ingest can leave a worker process waiting for ever.
+FATAL_GRACE_SECONDS = 20
+POLL_SECONDS = 0.2
+
+
+class CliGaveUp(Exception):
+    """The CLI printed a fatal cause and did not end: its cause, in words."""
+
+
+def run_cli(command: list[str], log: Any, log_path: Path, start_of_call: int,
+            env: dict[str, str], timeout: int) -> int:
+    """Run the CLI with its output into the open ``log``; return its exit code. Raises
+    subprocess.TimeoutExpired when it runs too long and CliGaveUp when it hangs after printing a
+    fatal cause. Whatever way the call ends, no process the CLI started outlives it (its
+    ingest leaves a worker behind when it fails). The CLI stays in the job's process group, so
+    that a stopped job stops its upload too."""
+    marker = secrets.token_hex(16)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env={**env, CALL_MARKER: marker})
+    started = time.monotonic()
+    fatal_since: float | None = None
+    try:
+        while True:
+            try:
+                return process.wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now - started > timeout:
+                raise subprocess.TimeoutExpired(command, timeout)
+            if fatal_since is None:
+                if known_cause(log_path, start_of_call, fatal_only=True):
+                    fatal_since = now
+            elif now - fatal_since > FATAL_GRACE_SECONDS:
+                raise CliGaveUp(known_cause(log_path, start_of_call))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _stop_marked(marker)
+
+
+# Set in the CLI's environment, one value per call: its worker processes inherit it, which is
+# how they are found after the CLI has ended (they no longer descend from it by then).
+CALL_MARKER = "DEIDPIPE_UPLOAD_CALL"
+
+
+def _stop_marked(marker: str) -> None:
+    """Stop every process of this user whose environment holds this call's marker."""
+    needle = f"{CALL_MARKER}={marker}".encode()
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # ended meanwhile, or another user's
+        for pid in found:
+            try:
+                os.kill(pid, signal_number)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not found:
+            return
+        time.sleep(0.5)
+
+
+def audit_log_beside(cli_log: Path, now: str) -> Path:
+    """Where this upload's audit log goes: beside the CLI log, one file per attempt (the CLI
+    refuses to overwrite one)."""
+    stamp = re.sub(r"[^0-9A-Za-z]", "", now)
+    name = cli_log.name.removesuffix(".log")
+    path = cli_log.with_name(f"{name}.audit-{stamp}.csv")
+    number = 1
+    while path.exists():
+        number += 1
+        path = cli_log.with_name(f"{name}.audit-{stamp}-{number}.csv")
+    return path
+
+
+def known_cause(log_path: Path, offset: int, fatal_only: bool = False) -> str:
+    """What the CLI's output of this call says went wrong, in words a person can act on ('' if
+    it names no known cause). The output's own lines are not repeated (they can hold paths).
+    ``fatal_only``: only causes the CLI cannot get past (a missing or refused login)."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        output = log.read().decode("utf-8", "replace")
+    for pattern, cause, fatal in KNOWN_CAUSES:
+        if (fatal or not fatal_only) and pattern.search(output):
+            return cause
+    return ""
+
+
+# Audit log statuses (flywheel-cli 18.x ingest) of entries that are in Flywheel after the call.
+UPLOADED_STATUSES = ("completed",)
+
+
+def read_audit_log(path: Path) -> dict[str, Any]:
+    """Count what the CLI's audit log reports: entries (files, or acquisitions packed into one
+    upload), those uploaded, those already in Flywheel (skipped by --skip-existing) and those
+    that failed or were skipped for another reason. Two formats: ``fw ingest``'s (src_path,
+    dst_path, status, existing, error_code, ...) and ``fw import``'s (Source Path, Flywheel
+    Path, Failed, Message)."""
+    counts: dict[str, Any] = {"entries": 0, "uploaded": 0, "already_in_flywheel": 0,
+                              "failed": 0, "first_failure": "", "first_failure_line": 0}
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise PipelineError(f"the Flywheel CLI exited 0 but wrote no audit log ({path}), so "
+                            "what it uploaded is not known; it is not counted as uploaded and "
+                            "is retried by the next run.") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise PipelineError(f"the Flywheel CLI's audit log {path} cannot be read ({error}); "
+                            "the upload is not counted and is retried by the next run.") from None
+    for line, row in enumerate(rows, start=2):
+        if "status" in row:  # fw ingest
+            status = (row.get("status") or "").strip().lower()
+            existing = (row.get("existing") or "").strip().lower() == "true"
+            error_code = (row.get("error_code") or "").strip()
+            if status in UPLOADED_STATUSES and not error_code:
+                outcome = "uploaded"
+            elif existing and not error_code:
+                outcome = "already_in_flywheel"
+            else:
+                outcome = "failed"
+                why = f"status {status or 'none'}" + (f", error {error_code}" if error_code
+                                                       else "")
+        elif "Failed" in row:  # fw import
+            if (row.get("Message") or "").strip() == "Begin import scan":
+                continue  # the folder the import started from, not a file
+            if (row.get("Failed") or "").strip().lower() == "true":
+                outcome, why = "failed", "marked failed"
+            elif (row.get("Message") or "").strip() == "Skipped existing":
+                outcome = "already_in_flywheel"
+            else:
+                outcome = "uploaded"
+        else:
+            raise PipelineError(f"the Flywheel CLI's audit log {path} has columns this "
+                                "pipeline does not know; the upload is not counted and is "
+                                "retried by the next run.")
+        counts["entries"] += 1
+        counts[outcome] += 1
+        if outcome == "failed" and not counts["first_failure"]:
+            counts["first_failure"], counts["first_failure_line"] = why, line
+    return counts
