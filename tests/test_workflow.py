@@ -10,6 +10,7 @@ import pandas as pd
 
 from conftest import (
     FAKE_FW,
+    PROJECT_FILES,
     files_containing_identifiers,
     fw_calls,
     identifiers_in_run_outputs,
@@ -67,10 +68,21 @@ def test_demo_dry_run_produces_everything_and_leaks_nothing(project):
     assert identifiers_in_run_outputs(project) == []
     for stream in (result.stdout, result.stderr):
         assert files_containing_identifiers_in_text(stream) == []
-    # Staged copies and results are owner-only.
-    for folder in ("staging", "results"):
-        for path in [project / folder, *(project / folder).rglob("*")]:
-            assert path.stat().st_mode & 0o077 == 0, path
+    # Everything the run created is owner-only: staged copies, results, and Snakemake's own
+    # folder (its log lists every job's labels; it makes it readable by all by itself).
+    assert_created_paths_owner_only(project)
+
+
+def assert_created_paths_owner_only(project: Path) -> None:
+    """Every path in the project folder but the project's own files is owner-only."""
+    created = [path for path in project.rglob("*")
+               if path.relative_to(project).parts[0] not in PROJECT_FILES]
+    assert any(path.parent.name == "log" and path.name.endswith(".snakemake.log")
+               for path in created)
+    assert any(path.parent.name == "metadata" for path in created)
+    open_to_others = [str(path.relative_to(project)) for path in created
+                      if not path.is_symlink() and path.lstat().st_mode & 0o077]
+    assert open_to_others == []
 
 
 def files_containing_identifiers_in_text(text: str) -> list[str]:
@@ -143,6 +155,11 @@ def test_failed_upload_is_retried_warned_waits_for_approval_nothing_repeated(pro
     assert len(ledger) == 2
     assert identifiers_in_run_outputs(project) == []
     assert files_containing_identifiers_in_text((project / "approvals.tsv").read_text()) == []
+    # Five runs, uploads, an approval, a forced rerun: still nothing open to others (ledger,
+    # approvals sheet, CLI logs and audit logs included).
+    assert (project / "upload-ledger.jsonl").is_file() and (project / "approvals.tsv").is_file()
+    assert list((project / "results/logs/upload").rglob("*.audit-*.csv"))
+    assert_created_paths_owner_only(project)
 
 
 def dry_run_subjects(project: Path, *args: str) -> set[str]:

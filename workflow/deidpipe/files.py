@@ -22,6 +22,30 @@ def make_private_dir(path: str | Path) -> Path:
     return path
 
 
+def make_tree_owner_only(folder: str | Path) -> None:
+    """Take group and others' access away from ``folder`` and everything below it (folders
+    0700, files 0600; links are not followed). Snakemake makes its own folder, logs and
+    metadata readable by others (its log lists every job's labels); nothing if absent."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    _owner_only(folder, OWNER_ONLY_DIR)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            _owner_only(Path(root, name), OWNER_ONLY_DIR)
+        for name in files:
+            _owner_only(Path(root, name), OWNER_ONLY_FILE)
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    try:
+        status = os.lstat(path)
+        if not os.path.islink(path) and status.st_mode & 0o077:
+            os.chmod(path, mode | (status.st_mode & 0o100 if mode == OWNER_ONLY_FILE else 0))
+    except OSError:
+        pass  # removed meanwhile (Snakemake's locks come and go)
+
+
 def write_private_bytes(path: str | Path, data: bytes) -> None:
     """Write a file atomically (temporary name, then rename) with owner-only permissions."""
     path = Path(path)

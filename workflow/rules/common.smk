@@ -11,15 +11,22 @@ from deidpipe import paths
 from deidpipe.approvals import decided_sessions
 from deidpipe.config import check_profile_exists, normalise_config
 from deidpipe.errors import PipelineError
-from deidpipe.files import write_private_bytes
+from deidpipe.files import make_tree_owner_only, write_private_bytes
 from deidpipe.manifest import read_manifest
 from deidpipe.parallel import count_files
 from deidpipe.profile import profile_sources
 from deidpipe.run import take_over_stale_lock
 from deidpipe.sheet import load_sheet
 
+SNAKEMAKE_FOLDER = Path(".snakemake")
+
 # Staged copies, reports and logs are sensitive: everything this run creates is owner-only.
 os.umask(0o077)
+if workflow.is_main_process:
+    # Snakemake made its folder and this run's log before reading this file, readable by all,
+    # and its log names every job's labels: take that back now (and at the end of the run, for
+    # the metadata it writes group-readable on purpose).
+    make_tree_owner_only(SNAKEMAKE_FOLDER)
 
 
 def stop_with(error):
@@ -46,7 +53,8 @@ except PipelineError as error:
 
 if workflow.is_main_process:
     # A killed run leaves Snakemake's lock behind; take it over if its owner is gone.
-    _stale_lock_message = take_over_stale_lock(".snakemake", record_owner=not workflow.dryrun)
+    _stale_lock_message = take_over_stale_lock(str(SNAKEMAKE_FOLDER),
+                                               record_owner=not workflow.dryrun)
     if _stale_lock_message:
         print(_stale_lock_message, file=sys.stderr)
 
@@ -150,6 +158,7 @@ def finish_run(succeeded):
     # (pydicom), which planning has no use for.
     from deidpipe.report import write_summary
 
+    make_tree_owner_only(SNAKEMAKE_FOLDER)
     lines = write_summary(SESSIONS, RESULTS, config["upload"], approvals=config["approvals"],
                           upload_warned=config["upload_warned"])
     if config["phi_log"]:
