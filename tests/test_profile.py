@@ -354,3 +354,39 @@ def test_yaml_special_replacements_reach_the_files_exactly(tmp_path):
         staged = bytes(Context().deid_profile(text).deid_header(source))
         written = pydicom.dcmread(io.BytesIO(staged)).StudyDescription
         assert written == value.rstrip(" "), (value, written)
+
+
+def test_reference_profiles_are_the_official_files_named_in_their_readme():
+    # They are the expected result, so they must never be regenerated from the CSV sources:
+    # each file's sha256 is the one its README records for the official profile.
+    import hashlib
+    import re
+
+    readme = (REFERENCE / "README.md").read_text()
+    recorded = dict(re.findall(r"\| (penn_bsc_profile_v[\d.]+\.yaml) \| ([0-9a-f]{64}) \|",
+                               readme))
+    assert set(recorded) == {path.name for path in REFERENCE.glob("*.yaml")} != set()
+    for name, digest in recorded.items():
+        assert hashlib.sha256((REFERENCE / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_keyword_csv_rows_are_rows_the_profile_reader_accepts(tmp_path):
+    # README: `deidpipe keyword birth --csv` prints rows to paste into a profile CSV.
+    import shutil
+    import subprocess
+    import sys
+
+    printed = subprocess.run([sys.executable, "-m", "deidpipe", "keyword", "birth", "--csv"],
+                             capture_output=True, text=True, check=True).stdout
+    rows = printed.splitlines()
+    assert len(rows) >= 5 and any(",PatientBirthDate" in row for row in rows)
+    profile_dir = tmp_path / "Pasted"
+    profile_dir.mkdir()
+    shutil.copy(REPO / "profiles" / "PennBrainScienceCenter" / "settings.yaml", profile_dir)
+    (profile_dir / "empty.csv").write_text("Tag,Keyword\n" + printed)
+    fields = {field["name"]: field for field in
+              yaml.safe_load(generate_profile(profile_dir))["dicom"]["fields"]}
+    import csv
+
+    for tag, keyword in csv.reader(rows):
+        assert fields[keyword]["replace-with"] == "", (tag, keyword)

@@ -460,3 +460,32 @@ def test_cli_that_hangs_after_a_fatal_message_is_stopped_with_its_workers(
             os.kill(worker, 0)
             time.sleep(0.1)
     assert not (tmp_path / "record.json").exists()
+
+
+@pytest.mark.parametrize("line,fails", [
+    ("Traceback (most recent call last):", True),
+    ("ERROR - upload of a file was rejected", True),
+    ("Error: the server closed the connection", True),
+    ("Finished: 3 errors", True),
+    ("12 failed", True),
+    ("1 failure", True),
+    ("Not logged in, please login using `fw login` and your API key", True),
+    ("401 Unauthorized", True),
+    ("Invalid API key", True),
+    ("Permission denied", True),
+    # Controls: lines an upload that went well prints.
+    ("Finished: 0 errors", False),
+    ("Uploading files: 100% (2 of 2)", False),
+    ("No errors were found in the audit", False),
+    ("Series errored-free-import", False),
+])
+def test_each_built_in_error_pattern_fails_an_upload_that_exits_zero(
+        tmp_path, monkeypatch, verified, line, fails):
+    verified()
+    monkeypatch.setenv("FAKE_FW_PRINT", line)
+    if fails:
+        with pytest.raises(PipelineError, match="exited 0 but its output reports an error"):
+            upload(tmp_path, monkeypatch)
+        assert not (tmp_path / "record.json").exists()
+    else:
+        assert upload(tmp_path, monkeypatch)["uploaded"] is True

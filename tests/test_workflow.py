@@ -212,7 +212,10 @@ def test_config_errors_are_plain_messages(project):
     assert "setting 'colour' is not a setting this pipeline knows" in result.stderr
     assert "Traceback" not in result.stderr
     missing_cli = run_snakemake(project, "--config", "upload=true", "fw=/no/such/fw")
+    assert missing_cli.returncode == 1  # stopped before any job, with the plain message only
     assert "the Flywheel CLI '/no/such/fw' was not found" in missing_cli.stderr
+    assert "Traceback" not in missing_cli.stderr
+    assert not (project / "staging").exists()
     assert run_snakemake(project, "--dry-run", "--config", "fw=/no/such/fw").returncode == 0
 
 

@@ -42,7 +42,7 @@ from deidpipe.paths import staged_dir_beside
 DEFAULT_ERROR_PATTERNS = (
     r"^\s*(?:ERROR|Error|error)\b",
     r"Traceback \(most recent call last\)",
-    r"\b[1-9][0-9]* (?:errors?|failed|failures)\b",
+    r"\b[1-9][0-9]* (?:errors?|failed|failures?)\b",
     r"(?i)\b(?:not logged in|unauthorized|invalid api key|permission denied)\b",
 )
 
