@@ -351,3 +351,26 @@ def test_verify_command_finds_the_source_and_staged_folders_from_the_manifest(tm
     failed = subprocess.run(command, capture_output=True, text=True)
     assert failed.returncode == 1
     assert "does not name its source folder" in failed.stderr
+
+
+def plant_site_identifier(dataset: Dataset) -> None:
+    """A site that keeps its MRN in StudyID, and the same number typed into a kept free text."""
+    dataset.StudyID = "ZX4471902"
+    dataset.ImageComments = "scan ref ZX4471902 (technologist note)"
+
+
+@pytest.mark.parametrize("attributes,caught", [(["StudyID"], True), ([], False)],
+                         ids=["StudyID named", "control: not named"])
+def test_identifier_attributes_make_verification_look_for_their_values(
+        tmp_path, profile_v1, attributes, caught):
+    report = run_with(tmp_path, profile_v1, {"identifier_attributes": attributes},
+                      plant=plant_site_identifier)
+    leaks = [finding for finding in findings_of(report, "identifier_leak")
+             if finding["source_attribute"] == "StudyID"]
+    if caught:
+        assert {leak["tag"] for leak in leaks} >= {"ImageComments (0020,4000)"}
+        assert report["status"] == "fail"
+        assert report["identifier_values_searched"] == len(FAKE_IDENTIFIERS) + 1
+    else:
+        assert leaks == []
+        assert report["identifier_values_searched"] == len(FAKE_IDENTIFIERS)

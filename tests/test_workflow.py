@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import (
     FAKE_FW,
@@ -250,3 +251,19 @@ def test_snakemake_report_holds_the_verification_reports(project):
     assert result.returncode == 0, result.stderr
     page = (project / "snakemake-report.html").read_text()
     assert "Verification" in page and "ses-01.json" in page
+
+
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_upload_jobs_lets_that_many_uploads_run_at_once(project, fake_fw_log, jobs):
+    seconds = 4.0
+    env = {**upload_env(fake_fw_log), "FAKE_FW_SECONDS": str(seconds)}
+    result = run_snakemake(project, *upload_config("upload_warned=true", f"upload_jobs={jobs}"),
+                           env=env)
+    assert result.returncode == 0, result.stderr
+    calls = fw_calls(fake_fw_log)
+    assert sorted(call["subject"] for call in calls) == ["sub-001", "sub-002"]
+    gap = abs(calls[1]["started"] - calls[0]["started"])
+    if jobs == 2:
+        assert gap < seconds  # the second began while the first was under way
+    else:
+        assert gap >= seconds  # control: one at a time
