@@ -267,3 +267,30 @@ def test_upload_jobs_lets_that_many_uploads_run_at_once(project, fake_fw_log, jo
         assert gap < seconds  # the second began while the first was under way
     else:
         assert gap >= seconds  # control: one at a time
+
+
+def test_other_sessions_carry_on_when_one_session_cannot_be_written(project):
+    # sub-002's staging folder is a file system with room for one file only: writing that
+    # session fails for want of space (ENOSPC), as on a full disk.
+    full = project / "staging" / "demo" / "deid-demo" / "sub-002"
+    full.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(full)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small file system cannot be mounted here: {mounted.stderr.strip()}")
+    # Not empty: Snakemake would try to remove an empty output folder (the mount point).
+    (full / "other-data.txt").write_text("kept\n")
+    try:
+        result = run_snakemake(project)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert ("error: session demo/deid-demo/sub-002/ses-01: could not read or write a file: No "
+            "space left on device. Nothing of this job was kept") in result.stderr
+    reports = project / "results/verify/demo/deid-demo"
+    assert (reports / "sub-001/ses-01.json").is_file()
+    assert (reports / "sub-003/ses-01.json").is_file()
+    assert not (reports / "sub-002/ses-01.json").exists()
+    summary = (project / "results/summary.tsv").read_text()
+    assert "sub-001" in summary and "sub-003" in summary

@@ -91,6 +91,18 @@ def _labels_or_manifest_place(args: argparse.Namespace) -> dict[str, str]:
             f"{error}; give --group, --project, --subject and --session") from None
 
 
+def _session_of(args: argparse.Namespace) -> str:
+    """'session GROUP/PROJECT/SUBJECT/SESSION: ' for a job's message, '' if it names none."""
+    if not getattr(args, "manifest", None):
+        return ""
+    try:
+        labels = _labels_or_manifest_place(args)
+    except PipelineError:
+        return ""
+    return "session " + "/".join(labels[key] for key in ("group", "project", "subject",
+                                                          "session")) + ": "
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """``--settings-file`` (JSON written once by the rules) or ``--settings`` (JSON text)."""
     from deidpipe.files import read_json
@@ -325,9 +337,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        # A full disk, a failed write, a folder that vanished: say which file, not a traceback.
+        # A full disk, a failed write, a folder that vanished: say which session and file, not
+        # a traceback.
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: could not read or write a file{where}: "
+        print(f"error: {_session_of(args)}could not read or write a file{where}: "
               f"{error.strerror or type(error).__name__}. Nothing of this job was kept; "
               "fix the cause and run again.", file=sys.stderr)
         return 1
