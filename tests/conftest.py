@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,36 @@ def identifiers_in_run_outputs(project: Path) -> list[str]:
         hits += [f"{relative}: {needle.decode()}" for needle in identifier_needles()
                  if needle in data]
     return hits
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A temporary folder others may enter (tests/conftest's run_unprivileged runs as another
+    user when the tests run as root); pytest's own temporary folders are owner-only."""
+    folder = Path(tempfile.mkdtemp(prefix="deidpipe-open-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for path in [folder, *folder.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(folder)
+
+
+def run_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` so that file permissions apply to it: as it is when the tests do not
+    run as root, else as the user 'nobody' (setpriv), since root reads any file. Skips the test,
+    saying why, where neither is possible."""
+    command = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions cannot be tested")
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+                   *command]
+        probe = subprocess.run([*command[:5], sys.executable, "-c", "import deidpipe"],
+                               capture_output=True, text=True, check=False, timeout=120)
+        if probe.returncode != 0:
+            pytest.skip("running as root, and the user 'nobody' cannot run this project's Python "
+                        f"here: {probe.stderr.strip()[-300:]}")
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)

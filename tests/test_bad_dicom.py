@@ -6,6 +6,7 @@ fail their session through verification's inventory check, the good ones are sta
 """
 
 import io
+import json
 import os
 import re
 import struct
@@ -22,7 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_has_tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from conftest import REPO, identifier_needles, tree_digest
+from conftest import REPO, identifier_needles, run_unprivileged, tree_digest
 from deidpipe.files import files_below
 from deidpipe.profile import generate_profile
 from deidpipe.stage import deidentify_file, make_engine, stage_session
@@ -326,20 +327,36 @@ def profile_engine(profile_v1) -> Context:
     return make_engine(profile_v1.read_text())
 
 
-def test_file_without_read_permission(tmp_path, profile_v1):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: chmod 000 does not stop root from reading, so this case "
-                    "cannot be produced here (see test_file_that_vanished_before_reading for the "
-                    "same error path)")
-    source = tmp_path / "source"
+STAGE = """
+import json, sys
+from deidpipe.stage import stage_session
+source, profile, out = sys.argv[1:4]
+manifest = stage_session(source, profile, out + "/staged", out + "/m.json")
+print(json.dumps(manifest["errors"]))
+"""
+
+
+def test_file_without_read_permission(open_folder, profile_v1):
+    # As an unprivileged user (as 'nobody' when the tests run as root): root reads anything.
+    source = open_folder / "source"
     source.mkdir()
+    (source / "readable.dcm").write_bytes(mr(41))
     locked = source / "locked.dcm"
     locked.write_bytes(mr(40))
+    profile = open_folder / "profile.yaml"
+    profile.write_text(profile_v1.read_text())
+    out = open_folder / "out"
+    out.mkdir()
+    out.chmod(0o777)  # the unprivileged user writes the staged copy here
+    for path in (source / "readable.dcm", profile):
+        path.chmod(0o644)
     locked.chmod(0)
-    manifest = stage_session(source, profile_v1, tmp_path / "staged", tmp_path / "m.json")
-    assert manifest["errors"] == [{"source": "locked.dcm", "error": (
+    result = run_unprivileged(STAGE, str(source), str(profile), str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"source": "locked.dcm", "error": (
         "cannot be read (Permission denied): check that the file is still there and that you "
         "may read it")}]
+    assert (out / "staged").is_dir()  # the readable file was staged
 
 
 def test_file_that_vanished_before_reading(tmp_path, profile_engine):

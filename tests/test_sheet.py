@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_unprivileged
 from deidpipe.errors import PipelineError
 from deidpipe.sheet import load_sheet
 
@@ -253,17 +254,30 @@ def test_a_link_to_a_folder_is_fine(dicom_dirs):
     assert load_sheet(sheet, "grp", "proj")[0].dicom_dir == str(dicom_dirs / "a")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their permissions")
+LOAD_SHEET = """
+import sys
+from deidpipe.errors import PipelineError
+from deidpipe.sheet import load_sheet
+try:
+    load_sheet(sys.argv[1], "grp", "proj")
+except PipelineError as error:
+    print(error)
+"""
+
+
 @pytest.mark.parametrize("mode", [0o000, 0o300, 0o600])
-def test_unreadable_dicom_dir(dicom_dirs, mode):
-    (dicom_dirs / "a").chmod(mode)
-    try:
-        sheet = write_sheet(dicom_dirs, HEADER + "s1\tt1\ta\n")
-        with pytest.raises(PipelineError, match="row 2, column 'dicom_dir': a cannot be read "
-                                                "\\(permission denied\\)"):
-            load_sheet(sheet, "grp", "proj")
-    finally:
-        (dicom_dirs / "a").chmod(0o700)
+def test_unreadable_dicom_dir(open_folder, mode):
+    # As an unprivileged user (as 'nobody' when the tests run as root): root reads anything.
+    for name in ("a", "b"):
+        (open_folder / name).mkdir()
+        (open_folder / name / "IM1.dcm").write_bytes(b"x")
+    sheet = write_sheet(open_folder, HEADER + "s1\tt1\ta\ns2\tt1\tb\n")
+    sheet.chmod(0o644)
+    (open_folder / "a").chmod(mode)
+    result = run_unprivileged(LOAD_SHEET, str(sheet))
+    assert result.returncode == 0, result.stderr
+    assert "has 1 problem" in result.stdout
+    assert "row 2, column 'dicom_dir': a cannot be read (permission denied)" in result.stdout
 
 
 def test_unreadable_dicom_dir_as_the_permission_check_sees_it(dicom_dirs, monkeypatch):
@@ -278,12 +292,16 @@ def test_unreadable_dicom_dir_as_the_permission_check_sees_it(dicom_dirs, monkey
         load_sheet(sheet, "grp", "proj")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_sheet(dicom_dirs):
-    sheet = write_sheet(dicom_dirs, HEADER + "s1\tt1\ta\n")
+def test_unreadable_sheet(open_folder):
+    for name in ("a",):
+        (open_folder / name).mkdir()
+        (open_folder / name / "IM1.dcm").write_bytes(b"x")
+    sheet = write_sheet(open_folder, HEADER + "s1\tt1\ta\n")
     sheet.chmod(0o000)
-    with pytest.raises(PipelineError, match="cannot be read \\(permission denied\\)"):
-        load_sheet(sheet, "grp", "proj")
+    result = run_unprivileged(LOAD_SHEET, str(sheet))
+    assert result.returncode == 0, result.stderr
+    assert "cannot be read (permission denied)" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_sheet_that_is_a_folder(dicom_dirs):
