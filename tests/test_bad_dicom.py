@@ -340,6 +340,7 @@ def test_file_without_read_permission(open_folder, profile_v1):
     # As an unprivileged user (as 'nobody' when the tests run as root): root reads anything.
     source = open_folder / "source"
     source.mkdir()
+    source.chmod(0o755)  # modes set: the tests' umask may be owner-only
     (source / "readable.dcm").write_bytes(mr(41))
     locked = source / "locked.dcm"
     locked.write_bytes(mr(40))

@@ -69,9 +69,11 @@ def outputs(project: Path) -> dict:
 
 
 def calls_by_subject(log: Path) -> list[dict]:
-    """The CLI calls by subject, each audit log's name without its time (one per attempt)."""
+    """The CLI calls by subject, without the times: when each began, and the audit log's name
+    (one per attempt)."""
     calls = sorted(fw_calls(log), key=lambda call: call["subject"])
     for call in calls:
+        del call["started"]
         call["argv"] = [re.sub(r"\.audit-[0-9A-Za-z-]+\.csv$", ".audit-<time>.csv", word)
                         for word in call["argv"]]
     return calls

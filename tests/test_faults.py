@@ -128,7 +128,8 @@ def test_a_failing_write_fails_the_session_cleanly(tmp_path, profile_v1):
          "--profile", str(profile_v1), "--staged-dir", str(staged), "--manifest", str(manifest)],
         preexec_fn=limit_file_size(20_000), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: could not read or write a file")
+    assert result.stderr.startswith(f"error: session {tmp_path}/staging/sub-01/ses-01: could "
+                                    "not read or write a file")
     assert "File too large" in result.stderr and "Traceback" not in result.stderr
     assert not staged.exists() and not manifest.exists()
     assert sorted(path.name for path in (tmp_path / "staging" / "sub-01").iterdir()) == []

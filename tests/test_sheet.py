@@ -268,9 +268,11 @@ except PipelineError as error:
 @pytest.mark.parametrize("mode", [0o000, 0o300, 0o600])
 def test_unreadable_dicom_dir(open_folder, mode):
     # As an unprivileged user (as 'nobody' when the tests run as root): root reads anything.
-    for name in ("a", "b"):
-        (open_folder / name).mkdir()
+    for name in ("a", "b"):  # modes set: the tests' umask may be owner-only
+        (open_folder / name).mkdir(mode=0o755)
+        (open_folder / name).chmod(0o755)
         (open_folder / name / "IM1.dcm").write_bytes(b"x")
+        (open_folder / name / "IM1.dcm").chmod(0o644)
     sheet = write_sheet(open_folder, HEADER + "s1\tt1\ta\ns2\tt1\tb\n")
     sheet.chmod(0o644)
     (open_folder / "a").chmod(mode)
@@ -293,9 +295,9 @@ def test_unreadable_dicom_dir_as_the_permission_check_sees_it(dicom_dirs, monkey
 
 
 def test_unreadable_sheet(open_folder):
-    for name in ("a",):
-        (open_folder / name).mkdir()
-        (open_folder / name / "IM1.dcm").write_bytes(b"x")
+    (open_folder / "a").mkdir()
+    (open_folder / "a").chmod(0o755)  # the tests' umask may be owner-only
+    (open_folder / "a" / "IM1.dcm").write_bytes(b"x")
     sheet = write_sheet(open_folder, HEADER + "s1\tt1\ta\n")
     sheet.chmod(0o000)
     result = run_unprivileged(LOAD_SHEET, str(sheet))

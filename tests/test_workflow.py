@@ -286,8 +286,8 @@ def test_other_sessions_carry_on_when_one_session_cannot_be_written(project):
         subprocess.run(["umount", str(full)], check=True)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert ("error: session demo/deid-demo/sub-002/ses-01: could not read or write a file: No "
-            "space left on device. Nothing of this job was kept") in result.stderr
+    assert ("error: session staging/demo/deid-demo/sub-002/ses-01: could not read or write a "
+            "file: No space left on device. Nothing of this job was kept") in result.stderr
     reports = project / "results/verify/demo/deid-demo"
     assert (reports / "sub-001/ses-01.json").is_file()
     assert (reports / "sub-003/ses-01.json").is_file()

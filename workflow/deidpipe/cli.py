@@ -92,15 +92,12 @@ def _labels_or_manifest_place(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _session_of(args: argparse.Namespace) -> str:
-    """'session GROUP/PROJECT/SUBJECT/SESSION: ' for a job's message, '' if it names none."""
-    if not getattr(args, "manifest", None):
+    """'session STAGED PLACE: ' for a job's message (the manifest's place without its suffix,
+    e.g. staging/demo/deid-demo/sub-002/ses-01), '' if the job names none."""
+    manifest = getattr(args, "manifest", None)
+    if not manifest:
         return ""
-    try:
-        labels = _labels_or_manifest_place(args)
-    except PipelineError:
-        return ""
-    return "session " + "/".join(labels[key] for key in ("group", "project", "subject",
-                                                          "session")) + ": "
+    return f"session {str(manifest).removesuffix('.manifest.json')}: "
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
