@@ -67,14 +67,23 @@ def _install(series: str) -> Installed:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.is_file():
             return Installed(version, venv)
-        shutil.rmtree(venv, ignore_errors=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True,
-                           capture_output=True, timeout=INSTALL_TIMEOUT)
-            pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--quiet",
-                                  "--disable-pip-version-check", f"flywheel-cli=={version}"],
-                                 capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-        except (OSError, subprocess.SubprocessError) as error:
+        # The installs run in threads while tests change the environment (monkeypatch): each
+        # call gets a copy of it, not the live environment a starting process reads from.
+        error: Exception | None = None
+        for _attempt in range(3):
+            shutil.rmtree(venv, ignore_errors=True)
+            try:
+                subprocess.run([sys.executable, "-m", "venv", venv], check=True,
+                               capture_output=True, timeout=INSTALL_TIMEOUT,
+                               env=dict(os.environ))
+                pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install",
+                                      "--quiet", "--disable-pip-version-check",
+                                      f"flywheel-cli=={version}"], capture_output=True,
+                                     text=True, timeout=INSTALL_TIMEOUT, env=dict(os.environ))
+                break
+            except (OSError, subprocess.SubprocessError) as failure:
+                error = failure
+        else:
             return Installed(version, None, f"flywheel-cli=={version} could not be installed: "
                              f"{error}")
         if pip.returncode != 0:
