@@ -255,7 +255,7 @@ def test_snakemake_report_holds_the_verification_reports(project):
 
 @pytest.mark.parametrize("jobs", [2, 1])
 def test_upload_jobs_lets_that_many_uploads_run_at_once(project, fake_fw_log, jobs):
-    seconds = 4.0
+    seconds = 2.5
     env = {**upload_env(fake_fw_log), "FAKE_FW_SECONDS": str(seconds)}
     result = run_snakemake(project, *upload_config("upload_warned=true", f"upload_jobs={jobs}"),
                            env=env)
