@@ -344,6 +344,7 @@ def run_cli(command: list[str], log: Any, log_path: Path, start_of_call: int,
                                stdin=subprocess.DEVNULL, env={**env, CALL_MARKER: marker})
     started = time.monotonic()
     fatal_since: float | None = None
+    scanned = start_of_call  # the output up to here holds no fatal cause
     try:
         while True:
             try:
@@ -354,7 +355,8 @@ def run_cli(command: list[str], log: Any, log_path: Path, start_of_call: int,
             if now - started > timeout:
                 raise subprocess.TimeoutExpired(command, timeout)
             if fatal_since is None:
-                if known_cause(log_path, start_of_call, fatal_only=True):
+                fatal, scanned = _fatal_cause_after(log_path, scanned)
+                if fatal:
                     fatal_since = now
             elif now - fatal_since > FATAL_GRACE_SECONDS:
                 raise CliGaveUp(known_cause(log_path, start_of_call))
@@ -363,6 +365,18 @@ def run_cli(command: list[str], log: Any, log_path: Path, start_of_call: int,
             process.kill()
             process.wait()
         _stop_marked(marker)
+
+
+def _fatal_cause_after(log_path: Path, offset: int) -> tuple[bool, int]:
+    """Whether the CLI's whole lines written after ``offset`` name a fatal cause, and where
+    the next look starts (after the last whole line): each poll reads only what is new."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        new = log.read()
+    end = new.rfind(b"\n") + 1
+    text = new[:end].decode("utf-8", "replace")
+    fatal = any(is_fatal and pattern.search(text) for pattern, _cause, is_fatal in KNOWN_CAUSES)
+    return fatal, offset + end
 
 
 # Set in the CLI's environment, one value per call: its worker processes inherit it, which is
@@ -404,15 +418,14 @@ def audit_log_beside(cli_log: Path, now: str) -> Path:
     return path
 
 
-def known_cause(log_path: Path, offset: int, fatal_only: bool = False) -> str:
+def known_cause(log_path: Path, offset: int) -> str:
     """What the CLI's output of this call says went wrong, in words a person can act on ('' if
-    it names no known cause). The output's own lines are not repeated (they can hold paths).
-    ``fatal_only``: only causes the CLI cannot get past (a missing or refused login)."""
+    it names no known cause). The output's own lines are not repeated (they can hold paths)."""
     with open(log_path, "rb") as log:
         log.seek(offset)
         output = log.read().decode("utf-8", "replace")
-    for pattern, cause, fatal in KNOWN_CAUSES:
-        if (fatal or not fatal_only) and pattern.search(output):
+    for pattern, cause, _fatal in KNOWN_CAUSES:
+        if pattern.search(output):
             return cause
     return ""
 
