@@ -328,6 +328,12 @@ def _silence_rapidocr() -> None:
         logger.addHandler(logging.NullHandler())
 
 
+def load_engines() -> None:
+    """Load the OCR models now. A job calls this before it forks its worker processes, so that
+    they share one copy (loading takes about a second and 90 MB per process)."""
+    _engines()
+
+
 @cache
 def _engines() -> tuple[Any, Any]:
     """rapidocr's detector and recogniser, loaded once per process (about a second), with the

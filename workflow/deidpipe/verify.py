@@ -20,6 +20,7 @@ from deidpipe.identifiers import (
     IdentifierSet,
 )
 from deidpipe.manifest import StagedFile, read_manifest
+from deidpipe.ocr import load_engines
 from deidpipe.parallel import map_in_workers
 from deidpipe.paths import review_page_beside
 from deidpipe.profile import load_profile
@@ -164,6 +165,8 @@ def verify_session(
     check_inventory(context)
     check_labels(context)
     check_staged_names(context)
+    if threads > 1 and context.ocr_plan and any(context.active(check) for check in OCR_CHECKS):
+        load_engines()
     for tallies in map_in_workers(_verify_in_worker, context.manifest.files, threads,
                                   _start_verify_worker, (context,)):
         _merge_tallies(context, tallies)
