@@ -28,7 +28,7 @@ from deidbench.trees import Tree, warm_cache
 
 COPY_RUNS = 3  # at the start and again at the end of the run
 STAGE_THREADS = (1, 2)
-VERIFY_THREADS = (2,)  # as the pipeline runs it on 2 cores (one thread: ~1.2× slower)
+VERIFY_THREADS = (1, 2)  # 1: as the pipeline runs a session below large_session_files
 OCR_THREADS = 2  # verification with OCR on, compared with OCR off at the same thread count
 
 
