@@ -230,6 +230,20 @@ CASES = [
          plant=_set("ImageComments", "MRN40417723"), identifiers={"PatientID": "40417723"}),
     Case("glued MRN after the pixel data", "identifier_leak", "fail", "PatientID",
          after=_append_after_pixel_data(b"\0\0ARCHIVEDMRN" + PATIENT_ID.encode())),
+    # Names with initials are told from words by their capitals: bytes no element holds too.
+    *[Case(f"name with initials after the pixel data ({number}/3)", "identifier_leak", "fail",
+           "PatientName", after=_append_after_pixel_data(data))
+      for number, data in enumerate([b"\0\0Testperson, A. Q.\0",
+                                     b"\0\0REVIEWED A Q TESTPERSON\0",
+                                     b"\0\0for A. Testperson, study copy\0"], start=1)],
+    # Other values written with mixed separators, in bytes no element holds.
+    *[Case(f"mixed separators after the pixel data ({number}/4)", "identifier_leak", "fail",
+           attribute, after=_append_after_pixel_data(data))
+      for number, (attribute, data) in enumerate([
+          ("PatientBirthDate", b"\0\0DOB: September 23, 1958\0"),
+          ("PatientAddress", b"\0\0home 42 Imaginary Lane, Nowhereville\0"),
+          ("PatientTelephoneNumbers", b"\0\0call (555) 0147-3321\0"),
+          ("PatientName", b"\0\0Alice Q. Testperson\0")], start=1)],
     # Dates of birth in words.
     *_cases("date of birth with a month name", "identifier_leak", "PatientBirthDate", [
         _set("ImageComments", "DOB 23-Sep-1958"),
@@ -307,6 +321,9 @@ CONTROLS = [
     Case("clean MR, short numeric ID equal to AcquisitionNumber",
          identifiers={"PatientID": "4321"}, plant=_acquisition_number_equal_to_id),
     Case("clean MR with a DICOMDIR in the folder", after=_dicomdir),
+    # Lower-case letters are words, not initials, beside a family name written alone.
+    Case("clean MR, a note after the pixel data", after=_append_after_pixel_data(
+        b"\0\0a scan by the site, q. reviewed\0")),
     Case("clean MR with a clean encapsulated PDF",
          after=_document(lambda: make_pdf(["Scanner quality report", "Coil check passed"]),
                          "application/pdf")),

@@ -98,9 +98,12 @@ def test_other_dates_and_numeric_two_digit_years_are_not_the_birth_date(text):
     assert found(matcher_for(PatientBirthDate="19580923"), text) == set()
 
 
-@pytest.mark.parametrize("text", [
-    "A. Testperson", "Testperson, A.", "A Testperson", "A.Q. Testperson", "A Q Testperson",
-    "Alice Q. Testperson", "TESTPERSON A", "testperson, A. Q.", "seen by A.TESTPERSON"])
+INITIALS_FORMS = ["A. Testperson", "Testperson, A.", "A Testperson", "A.Q. Testperson",
+                  "A Q Testperson", "Alice Q. Testperson", "TESTPERSON A", "testperson, A. Q.",
+                  "seen by A.TESTPERSON"]
+
+
+@pytest.mark.parametrize("text", INITIALS_FORMS)
 def test_initials_with_the_family_name_are_a_full_name(text):
     matcher = matcher_for(PatientName="Testperson^Alice^Q")
     assert found(matcher, text) == {("PatientName", "identifier")}
@@ -110,6 +113,51 @@ def test_initials_with_the_family_name_are_a_full_name(text):
 def test_lower_case_letters_are_not_initials(text):
     matcher = matcher_for(PatientName="Brain^Alice")
     assert {kind for _attribute, kind in found(matcher, text)} <= {"name_part"}
+
+
+@pytest.mark.parametrize("text", INITIALS_FORMS)
+def test_initials_with_the_family_name_are_found_in_raw_bytes_too(text):
+    """Bytes no element holds (the preamble, data after the pixel data): the same forms as in
+    element text, at the offset where the name starts."""
+    matcher = matcher_for(PatientName="Testperson^Alice^Q")
+    data = b"\x00\x01" + text.encode() + b"\x00"
+    hits = {(needle.attribute, needle.kind) for needle, _offset in matcher.find_in_bytes(data)}
+    assert hits == {("PatientName", "identifier")}
+    offsets = {offset for _needle, offset in matcher.find_in_bytes(data)}
+    assert min(offsets) == 2 + (len("seen by ") if text.startswith("seen by ") else 0)
+
+
+@pytest.mark.parametrize("text,attribute", [
+    ("DOB: 23 Sep, 1958", "PatientBirthDate"), ("September 23, 1958", "PatientBirthDate"),
+    ("42 Imaginary Lane, Nowhereville", "PatientAddress"),
+    ("42 imaginary lane. nowhereville", "PatientAddress"),
+    ("tel (555) 0147-3321", "PatientTelephoneNumbers"), ("Alice Q. Testperson", "PatientName"),
+    ("TESTPERSON , Alice - Q", "PatientName")])
+def test_mixed_separators_are_found_in_raw_bytes(text, attribute):
+    """People mix separators in one value; the raw scan finds them as element text does."""
+    matcher = matcher_for(PatientName="Testperson^Alice^Q", PatientBirthDate="19580923",
+                          PatientAddress="42 Imaginary Lane, Nowhereville",
+                          PatientTelephoneNumbers="555-0147-3321")
+    data = b"\x00" + text.encode() + b"\x00"
+    assert {needle.attribute for needle, _offset in matcher.find_in_bytes(data)} == {attribute}
+    assert {needle.attribute for needle in matcher.find(text)} >= {attribute}
+
+
+@pytest.mark.parametrize("text", ["Nowhereville", "lane 42", "Imaginary", "19 58 09 23 x",
+                                  "1958 in Nowhereville", "testperson alone", "5550 147 3321"])
+def test_parts_of_values_in_raw_bytes_are_not_identifiers(text):
+    """Controls: one token of a multi-token value, or its tokens split otherwise."""
+    matcher = matcher_for(PatientName="Testperson^Alice^Q", PatientBirthDate="19580923",
+                          PatientAddress="42 Imaginary Lane, Nowhereville",
+                          PatientTelephoneNumbers="555-0147-3321")
+    assert matcher.find_in_bytes(b"\x00" + text.encode() + b"\x00") == []
+
+
+@pytest.mark.parametrize("text", ["a brain scan", "brain a", "head b", "B. Headley",
+                                  "xbrain, A.", "Brain, Ax"])
+def test_lower_case_letters_are_not_initials_in_raw_bytes(text):
+    matcher = matcher_for(PatientName="Brain^Alice")
+    assert matcher.find_in_bytes(b"\x00" + text.encode() + b"\x00") == []
 
 
 def test_staff_names_with_initials_are_staff_names():

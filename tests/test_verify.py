@@ -1,3 +1,5 @@
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -374,3 +376,132 @@ def test_identifier_attributes_make_verification_look_for_their_values(
     else:
         assert leaks == []
         assert report["identifier_values_searched"] == len(FAKE_IDENTIFIERS)
+
+
+# ---- what the README promises of the gate: private tags, short values, bytes outside elements
+
+def plant_unknown_private_text(dataset: Dataset) -> None:
+    """A private element holding text, of a creator TCIA's knowledge base does not know."""
+    block = dataset.private_block(0x0031, "UNLISTED SCANNER CO", create=True)
+    block.add_new(0x20, "LO", "coil check passed")
+
+
+@pytest.mark.parametrize("policy,status,severities", [
+    ("fail", "fail", ["fail"]), ("warn", "warn", ["warn"]), ("keep", "pass", [])],
+    ids=["fail fails the session", "warn (the default) warns", "control: keep lists only"])
+def test_private_tags_policy_sets_the_sessions_status(tmp_path, profile_v1, policy, status,
+                                                      severities):
+    report = run_with(tmp_path, profile_v1, {"checks": {"private_tags": policy}},
+                      plant=plant_unknown_private_text)
+    assert report["status"] == status
+    assert [finding["severity"] for finding in findings_of(report, "private_tags")] == severities
+    assert report["private_tags"]["policy"] == policy
+    assert findings_of(report, "identifier_leak") == []  # the text is no identifier
+
+
+def test_a_clean_session_is_not_failed_by_the_private_tags_fail_policy(tmp_path, profile_v1):
+    report = run_with(tmp_path, profile_v1, {"checks": {"private_tags": "fail"}})
+    assert report["status"] == "pass"
+    assert findings_of(report, "private_tags") == []
+
+
+def test_values_too_short_to_search_are_counted_once_each(tmp_path, profile_v1):
+    """Values with fewer than three letters or digits (after case and separators are folded)
+    are counted, each distinct one once; a value of three is searched, not counted."""
+    baseline = run_with(tmp_path / "baseline", profile_v1, {})
+
+    def plant_short_values(dataset: Dataset) -> None:
+        dataset.OtherPatientIDs = "7B"  # two characters
+        dataset.AccessionNumber = "A"  # one
+        dataset.PatientTelephoneNumbers = "5-5"  # 'folds to two digits'
+        dataset.MedicalRecordLocator = "7-b"  # the same as OtherPatientIDs once folded
+        dataset.PatientAddress = "X12"  # three: searched (the control)
+
+    report = run_with(tmp_path / "planted", profile_v1, {}, plant=plant_short_values)
+    short = "identifier_values_too_short_to_search"
+    assert report[short] == baseline[short] + 3
+    assert report["status"] == "pass"
+
+
+def rewrite_staged_bytes(staged: Path, manifest: Path, change) -> None:
+    """Change every staged file's bytes as someone editing them after staging would, and the
+    manifest with them (so that only the changed content can give a finding)."""
+    document = read_json(manifest)
+    for entry in document["files"]:
+        path = staged / entry["staged"]
+        data = change(path.read_bytes())
+        path.write_bytes(data)
+        entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    manifest.write_text(json.dumps(document))
+
+
+def in_preamble(text: bytes):
+    def change(data: bytes) -> bytes:
+        assert data[128:132] == b"DICM"
+        return text.ljust(128, b"\0") + data[128:]
+    return change
+
+
+@pytest.mark.parametrize("text,attribute", [
+    (b"exported for MRN40417723", "PatientID"),
+    (b"ALICE TESTPERSON study copy", "PatientName"),
+    (b"dob 09/23/1958", "PatientBirthDate"),
+    (b"Testperson, A. Q.", "PatientName"),
+    (b"born September 23, 1958", "PatientBirthDate"),
+    (b"42 Imaginary Lane, Nowhereville", "PatientAddress"),
+], ids=["ID as written", "name reordered, capitals", "birth date as M/D/Y", "name with initials",
+        "birth date in words", "address with mixed separators"])
+def test_an_identifier_in_the_preamble_is_caught(tmp_path, profile_v1, text, attribute):
+    report = run_with(tmp_path, profile_v1, {}, tamper=lambda source, staged, manifest:
+                      rewrite_staged_bytes(staged, manifest, in_preamble(text)))
+    leaks = findings_of(report, "identifier_leak")
+    assert report["status"] == "fail"
+    assert len(leaks) == 2  # both files
+    assert {leak["source_attribute"] for leak in leaks} == {attribute}
+    assert all("preamble" in leak["tag"] for leak in leaks), leaks
+    assert findings_of(report, "inventory") == []
+
+
+def test_text_in_the_preamble_without_an_identifier_passes(tmp_path, profile_v1):
+    report = run_with(tmp_path, profile_v1, {}, tamper=lambda source, staged, manifest:
+                      rewrite_staged_bytes(staged, manifest,
+                                           in_preamble(b"Scanner export 2024, site copy")))
+    assert report["status"] == "pass", report["findings"]
+
+
+def in_file_meta(keyword: str, value):
+    def change(data: bytes) -> bytes:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        setattr(dataset.file_meta, keyword, value)
+        written = io.BytesIO()
+        dataset.save_as(written, enforce_file_format=True)
+        return written.getvalue()
+    return change
+
+
+@pytest.mark.parametrize("keyword,value,attribute", [
+    ("SourceApplicationEntityTitle", "MRN40417723", "PatientID"),
+    ("PrivateInformation", b"for Testperson^Alice^Q", "PatientName"),
+    ("ImplementationVersionName", "1958-09-23", "PatientBirthDate"),
+], ids=["ID in an AE title", "name in binary private information", "birth date in a version"])
+def test_an_identifier_in_the_file_meta_is_caught(tmp_path, profile_v1, keyword, value,
+                                                  attribute):
+    def tamper(source, staged, manifest):
+        if keyword == "PrivateInformation":  # goes with the UID of its creator
+            rewrite_staged_bytes(staged, manifest, in_file_meta(
+                "PrivateInformationCreatorUID", "1.2.826.0.1.3680043.8.498.1"))
+        rewrite_staged_bytes(staged, manifest, in_file_meta(keyword, value))
+
+    report = run_with(tmp_path, profile_v1, {}, tamper=tamper)
+    leaks = findings_of(report, "identifier_leak")
+    assert report["status"] == "fail"
+    assert {leak["source_attribute"] for leak in leaks} == {attribute}
+    assert {leak["tag"].split(" (")[0] for leak in leaks} == {keyword}
+    assert len(leaks) == 2
+
+
+def test_a_rewritten_file_meta_without_identifiers_passes(tmp_path, profile_v1):
+    report = run_with(tmp_path, profile_v1, {}, tamper=lambda source, staged, manifest:
+                      rewrite_staged_bytes(staged, manifest, in_file_meta(
+                          "SourceApplicationEntityTitle", "SCANNER_AE_7")))
+    assert findings_of(report, "identifier_leak") == []

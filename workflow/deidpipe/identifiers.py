@@ -54,6 +54,8 @@ NAME_SEPARATORS = re.compile(r"[\^=]")
 RAW_SEPARATORS = ("", " ", "^", ",", ", ", "-", "/", ".", "_")
 KIND_ORDER = {"identifier": 0, "staff_name": 1, "name_part": 2}
 SHORT_NUMBER_DIGITS = 8
+# Bytes either side of a needle's longest token that its other tokens may take (at least).
+ANCHOR_WINDOW = 64
 # Identifiers at least this long that hold a digit are also looked for inside longer tokens.
 GLUED_MIN_CHARACTERS = 6
 MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
@@ -98,7 +100,7 @@ class Needle:
 
     def written_in(self, text: str) -> bool:
         """For a name with initials: the initials are capitals where ``text`` holds it."""
-        return not self.initials or _initials_pattern(self).search(text) is not None
+        return not self.initials or _tokens_pattern(self).search(text) is not None
 
     def raw_forms(self) -> set[bytes]:
         """The needle as it may be written in bytes (lower case), for the raw-byte scan."""
@@ -340,11 +342,22 @@ class Matcher:
             self.layouts.setdefault(needle.folded, set()).add(
                 tuple(accumulate(map(len, needle.tokens)))[:-1])
             raw_forms.setdefault(needle.folded, set()).update(needle.raw_forms())
-        # Initials are told from words by case, which the raw scan (lower-cased bytes) cannot
-        # see: names with initials are looked for in element text only.
         self.raw_needles = [(needle, raw_forms[folded])
                             for folded, needle in self.by_folded.items()
                             if needle.kind != "name_part" and not needle.initials]
+        # The raw forms join a needle's tokens with one separator throughout; people mix them
+        # ('Alice Q. Testperson', 'September 23, 1958', '42 Imaginary Lane, Nowhereville'), and
+        # initials are told from words by case, which the lower-cased bytes do not show. So the
+        # automaton also finds each multi-token needle's longest token (an anchor), and around
+        # it the needle is matched as in element text: its tokens in order, any separators
+        # between them, initials as capitals, in the original bytes.
+        self.needles_by_anchor: dict[str, list[Needle]] = {}
+        for needle in self.by_folded.values():
+            if (len(needle.tokens) > 1 and needle.kind != "name_part"
+                    and not is_short_number(needle.folded)):
+                anchor = max((token for index, token in enumerate(needle.tokens)
+                              if index not in needle.initials), key=len)
+                self.needles_by_anchor.setdefault(anchor, []).append(needle)
 
     def find(self, text: str) -> list[Needle]:
         """Needles whose tokens equal a run of whole tokens in ``text``."""
@@ -455,26 +468,49 @@ class Matcher:
             return []
         lowered = data.lower()
         hits = set()
-        for end, (index, form) in automaton.iter(lowered.decode("latin-1")):
-            needle = self.raw_needles[index][0]
+        for end, (index, form, anchor) in automaton.iter(lowered.decode("latin-1")):
             offset = end - len(form) + 1
+            if anchor:
+                hits.update(self._written_around(data, offset, len(form), anchor))
+            if index < 0:
+                continue
+            needle = self.raw_needles[index][0]
             if _bounded_at(lowered, offset, form, is_short_number(needle.folded),
                            needle.may_be_glued):
                 hits.add((needle, offset))
         return sorted(hits, key=lambda hit: (hit[1], hit[0].folded))
 
+    def _written_around(self, data: bytes, offset: int, length: int, anchor: str
+                        ) -> list[tuple[Needle, int]]:
+        """The needles anchored at the token ``anchor`` (``length`` bytes at ``offset``), as
+        written in the original bytes around it: (needle, offset where it starts)."""
+        hits = []
+        for needle in self.needles_by_anchor[anchor]:
+            reach = max(ANCHOR_WINDOW, 2 * len(needle.folded))
+            start = max(0, offset - reach)
+            window = data[start:offset + length + reach].decode("latin-1")
+            hits += [(needle, start + match.start())
+                     for match in _tokens_pattern(needle).finditer(window)]
+        return hits
+
     def _raw_automaton(self) -> Any:
+        """One automaton of every raw form: each word maps to (index of the raw needle or -1,
+        the form, and the token it anchors names with initials at, if any)."""
         if not hasattr(self, "_automaton"):
             automaton = None
-            forms = {(form, index) for index, (_needle, needle_forms) in
-                     enumerate(self.raw_needles) for form in needle_forms}
-            if forms:
-                automaton = ahocorasick.Automaton()
-                for form, index in sorted(forms):
-                    key = form.decode("latin-1")
+            words: dict[str, tuple[int, bytes, str]] = {}
+            for index, (_needle, needle_forms) in enumerate(self.raw_needles):
+                for form in sorted(needle_forms):
                     # Forms of different needles can coincide: keep the first, strongest.
-                    if key not in automaton:
-                        automaton.add_word(key, (index, form))
+                    words.setdefault(form.decode("latin-1"), (index, form, ""))
+            for anchor in self.needles_by_anchor:
+                key = anchor.encode("utf-8").decode("latin-1")
+                index, form, _ = words.get(key, (-1, anchor.encode("utf-8"), ""))
+                words[key] = (index, form, anchor)
+            if words:
+                automaton = ahocorasick.Automaton()
+                for key, value in sorted(words.items()):
+                    automaton.add_word(key, value)
                 automaton.make_automaton()
             self._automaton = automaton
         return self._automaton
@@ -533,8 +569,9 @@ def _ocr_pattern(needle: Needle) -> re.Pattern[str]:
 
 
 @lru_cache(maxsize=4096)
-def _initials_pattern(needle: Needle) -> re.Pattern[str]:
-    """The needle's tokens in order, any separators between them; initials as capitals."""
+def _tokens_pattern(needle: Needle) -> re.Pattern[str]:
+    """The needle's tokens in order, any separators between them, not inside a longer word;
+    initials as capitals."""
     parts = [f"(?-i:{re.escape(token.upper())})" if index in needle.initials
              else re.escape(token) for index, token in enumerate(needle.tokens)]
     return re.compile(r"(?<![^\W_])" + r"[\W_]*".join(parts) + r"(?![^\W_])", re.IGNORECASE)
