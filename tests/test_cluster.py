@@ -8,8 +8,11 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import FAKE_FW, REPO, fw_calls, identifiers_in_run_outputs, run_snakemake, tree_digest
@@ -121,3 +124,36 @@ def test_cluster_jobs_give_the_local_run_and_uploads_stay_on_the_submit_host(pro
     # The jobs' own output (a cluster's job logs) holds no identifiers either.
     assert len(list(jobs_dir.glob("*.out"))) == 6
     assert identifiers_in_run_outputs(project) == []
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of each job a dry run lists."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in output.splitlines():
+        if match := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            jobs.append((match.group(1), {}))
+        elif (match := re.fullmatch(r"    resources: (.*)", line)) and jobs:
+            jobs[-1][1].update(item.split("=", 1) for item in match.group(1).split(", "))
+    return jobs
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "lsf"])
+def test_the_shipped_cluster_profiles_parse_and_plan(project, scheduler):
+    """The README's cluster command, as shipped, with the plugin the README installs: the
+    profile loads and the plan gives each staging and verification job what the profile asks
+    for (a renamed key, a YAML slip or a missing plugin fails here)."""
+    profile = yaml.safe_load((PROFILES / scheduler / "config.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--workflow-profile",
+         f"workflow/profiles/{scheduler}", "--config", "upload=true", f"fw={FAKE_FW}"],
+        cwd=project, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert sorted(rule for rule, _ in jobs) == sorted(
+        ["profile", "all"] + ["stage", "verify", "upload"] * 3)
+    for rule, resources in jobs:
+        asked = profile["set-resources"].get(rule, {})
+        assert {key: resources.get(key) for key in asked} == {
+            key: str(value) for key, value in asked.items()}, rule
+    assert all("mem_mb" in resources for rule, resources in jobs if rule in ("stage", "verify"))
+    assert not (project / "staging").exists()  # a dry run stages nothing

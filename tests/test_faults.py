@@ -3,11 +3,13 @@ finishes the work, nothing is uploaded twice or half-verified, and the source is
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,18 +36,74 @@ def fake_fw_env(project: Path, seconds: float = 0) -> dict[str, str]:
             "FAKE_FW_SECONDS": str(seconds)}
 
 
-def kill_run_after(project: Path, seconds: float, env: dict[str, str]) -> None:
-    """Start Snakemake and SIGKILL it with all its jobs, as a power loss or OOM killer would."""
+def unfinished_jobs(project: Path) -> list[tuple[str, str]]:
+    """(rule, output) of each job that the latest Snakemake log shows started and not
+    finished."""
+    logs = sorted((project / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        return []
+    started: dict[str, tuple[str, str]] = {}
+    finished: set[str] = set()
+    rule = output = ""
+    for line in logs[-1].read_text(errors="replace").splitlines():
+        if match := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            rule, output = match.group(1), ""
+        elif match := re.fullmatch(r"    output: (.*)", line):
+            output = match.group(1)
+        elif (match := re.fullmatch(r"    jobid: (\d+)", line)) and rule:
+            started[match.group(1)] = (rule, output)
+            rule = ""
+        elif match := re.match(r"Finished jobid: (\d+)", line):
+            finished.add(match.group(1))
+    return [job for jobid, job in started.items() if jobid not in finished]
+
+
+def upload_under_way(project: Path) -> bool:
+    """The fake CLI was called for a session and has not finished it yet."""
+    calls, done = project / "fw-calls.jsonl", project / "fw-done.txt"
+    called = len(calls.read_text().splitlines()) if calls.exists() else 0
+    finished = len(done.read_text().split()) if done.exists() else 0
+    return called > finished and any(rule == "upload" for rule, _ in unfinished_jobs(project))
+
+
+def big_session_job_under_way(rule: str) -> Callable[[Path], bool]:
+    def under_way(project: Path) -> bool:
+        jobs = unfinished_jobs(project)
+        if not any(job == rule and "sub-big" in output for job, output in jobs):
+            return False
+        # Staging has begun writing (its temporary folder is there), not only been scheduled.
+        return rule != "stage" or any(project.glob("staging/*/*/sub-big/.ses-01.staging-*"))
+    return under_way
+
+
+# Moments to kill a run at, each seen happening (not guessed from a time).
+MOMENTS = {"while staging": big_session_job_under_way("stage"),
+           "while verifying": big_session_job_under_way("verify"),
+           "while uploading": upload_under_way}
+
+
+def kill_run_when(project: Path, under_way: Callable[[Path], bool], env: dict[str, str],
+                  timeout: float = 180) -> None:
+    """Start Snakemake and, once ``under_way`` holds, SIGKILL it with all its jobs, as a power
+    loss or the OOM killer would; then check that work really was cut off."""
     process = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "2", *UPLOAD], cwd=project,
         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    time.sleep(seconds)
+    deadline = time.monotonic() + timeout
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+        while not under_way(project):
+            assert process.poll() is None, "the run ended before the moment to kill it came"
+            assert time.monotonic() < deadline, "the moment to kill the run never came"
+            time.sleep(0.02)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+    assert under_way(project), "the work was finished before the kill reached it"
+    assert list((project / ".snakemake" / "locks").glob("*")), "the killed run left no lock"
 
 
 def leftovers(project: Path) -> list[str]:
@@ -57,15 +115,18 @@ def leftovers(project: Path) -> list[str]:
                   or path.name.endswith(".tmp"))
 
 
-@pytest.mark.parametrize("kill_after", [1.5, 3.0, 5.0])
-def test_a_killed_run_is_finished_by_the_next_without_repeats(project, kill_after):
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_a_killed_run_is_finished_by_the_next_without_repeats(project, moment):
     add_big_session(project)
     source_before = tree_digest(project / "demo")
     env = fake_fw_env(project, seconds=1.0)
-    kill_run_after(project, kill_after, env)
+    kill_run_when(project, MOMENTS[moment], env)
     finished = run_snakemake(project, *UPLOAD, env=env, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert "Traceback" not in finished.stderr
+    # The killed run's lock was taken over, and the coordinator told so.
+    assert "was killed before it finished; its lock was removed" in finished.stderr
+    assert unfinished_jobs(project) == []
     statuses = {}
     for subject in ("sub-001", "sub-002", "sub-003", "sub-big"):
         report = json.loads((project / f"results/verify/demo/deid-demo/{subject}/ses-01.json")

@@ -110,15 +110,6 @@ SETTINGS_TEXT = st.one_of(
 
 
 @SETTINGS
-@given(empty=csv_files(["Tag", "Keyword"]), remove=csv_files(["Tag", "Keyword"]),
-       replace=csv_files(["Tag", "Keyword", "Replacement"]), settings_yaml=SETTINGS_TEXT)
-def test_csv_shaped_profiles(base: Path, empty: bytes, remove: bytes, replace: bytes,
-                             settings_yaml: bytes) -> None:
-    check(base, {"empty.csv": empty, "remove.csv": remove, "replace.csv": replace,
-                 "settings.yaml": settings_yaml})
-
-
-@SETTINGS
 @given(replacement=st.text(max_size=30))
 def test_accepted_replacements_come_back_exactly(base: Path, replacement: str) -> None:
     cell = '"' + replacement.replace('"', '""') + '"'
@@ -134,3 +125,128 @@ def test_accepted_replacements_come_back_exactly(base: Path, replacement: str) -
         # unassigned character, or a backslash.
         assert "\\" in replacement or not all(
             char.isprintable() or char in " \t" for char in replacement)
+
+
+# ---- valid profile folders, written in every way a person may write them --------------------
+
+def _dictionary_keywords() -> list[str]:
+    from pydicom.datadict import keyword_dict
+
+    return sorted(keyword for keyword in keyword_dict if keyword != "DeidentificationMethod")
+
+
+# Text a replacement or version may hold: any printable character but '\\' (a tab too).
+VALUE_TEXT = st.text(alphabet=st.characters(
+    blacklist_categories=("Cc", "Cs", "Co", "Cn", "Cf", "Zl", "Zp"),
+    blacklist_characters="\\"), max_size=20)
+DICOM_OPTION_VALUES = {
+    "patient-age-from-birthdate": st.booleans(), "patient-age-units": st.sampled_from("YMWD"),
+    "date-increment": st.integers(-3650, 3650), "recurse-sequence": st.booleans(),
+    "remove-private-tags": st.booleans(), "remove-undefined": st.booleans()}
+
+
+def _tag_text(draw: st.DrawFn, keyword: str) -> str:
+    """The keyword's tag as a person may type it: (gggg,eeee), any case, spaces inside."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    group, element = f"{tag >> 16:04X}", f"{tag & 0xFFFF:04X}"
+    if draw(st.booleans()):
+        group, element = group.lower(), element.lower()
+    space = draw(st.sampled_from(["", "", " "]))
+    return f"({space}{group}{space},{space}{element}{space})"
+
+
+def _csv_text(draw: st.DrawFn, header: list[str], rows: list[list[str]]) -> bytes:
+    lines = []
+    for cells in [header, *rows]:
+        if draw(st.integers(0, 9)) == 0:
+            lines.append(draw(st.sampled_from(["", " ", ",", " , "])))  # a blank line
+        lines.append(",".join(
+            # A cell with a comma, quote or leading space must be quoted; others may be.
+            csv_cell(cell, draw(st.booleans()) or any(c in cell for c in ',"\r\n')
+                     or cell != cell.strip())
+            for cell in cells))
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    text = end.join(lines) + draw(st.sampled_from([end, ""]))
+    return (draw(st.sampled_from(["", "\ufeff"])) + text).encode("utf-8")
+
+
+@st.composite
+def valid_profile_folders(draw: st.DrawFn) -> tuple[dict[str, bytes], dict]:
+    """The files of a profile folder that must build, and the document it must build to."""
+    keywords = draw(st.lists(st.sampled_from(_dictionary_keywords()), min_size=1, max_size=12,
+                             unique=True))
+    rows: dict[str, list[list[str]]] = {name: [] for name in ACTION_NAMES}
+    fields = []
+    for keyword in keywords:
+        action = draw(st.sampled_from(ACTION_NAMES))
+        padded = draw(st.sampled_from(["", " "])) + keyword + draw(st.sampled_from(["", " "]))
+        cells = [_tag_text(draw, keyword), padded]
+        if action == "replace.csv":
+            replacement = draw(VALUE_TEXT)
+            cells.append(replacement)
+            fields.append({"name": keyword, "replace-with": replacement})
+        elif action == "empty.csv":
+            fields.append({"name": keyword, "replace-with": ""})
+        else:
+            fields.append({"name": keyword, "remove": True})
+        rows[action].append(cells)
+    files = {}
+    for name, header in (("empty.csv", ["Tag", "Keyword"]), ("remove.csv", ["Tag", "Keyword"]),
+                         ("replace.csv", ["Tag", "Keyword", "Replacement"])):
+        if rows[name] or draw(st.booleans()):  # a file may be there with its header alone
+            files[name] = _csv_text(draw, header, rows[name])
+    version = draw(VALUE_TEXT.filter(lambda text: text.strip() and len(text) <= 64))
+    options: dict = {}
+    for key in draw(st.lists(st.sampled_from(sorted(DICOM_OPTION_VALUES)), unique=True,
+                             max_size=3)):
+        options[key] = draw(DICOM_OPTION_VALUES[key])
+    settings_document: dict = {"version": version}
+    if options:
+        settings_document["dicom"] = options
+    files["settings.yaml"] = yaml.safe_dump(settings_document, allow_unicode=True).encode()
+    fields.sort(key=lambda field: field["name"])
+    fields.append({"name": "DeidentificationMethod", "replace-with": version.strip()})
+    return files, {"dicom": {**{key: options[key] for key in sorted(options)},
+                             "fields": fields}}
+
+
+ACTION_NAMES = ("empty.csv", "remove.csv", "replace.csv")
+
+
+def test_valid_profile_folders_build_to_what_they_say(base: Path) -> None:
+    """The generator writes folders a person could write; every one must build, to exactly
+    the fields and options it lists (and come back from its YAML, as check() asserts)."""
+    built = []
+
+    @SETTINGS
+    @given(folder=valid_profile_folders())
+    def build(folder: tuple[dict[str, bytes], dict]) -> None:
+        files, expected = folder
+        document = check(base, files)
+        assert document == expected
+        built.append(document)
+
+    build()
+    assert len(built) >= 150  # examples checked, of SETTINGS' 200
+
+
+def test_csv_shaped_profiles_are_refused_with_a_message(base: Path) -> None:
+    """The CSV-shaped generator above writes broken folders on purpose (bad tags, unknown
+    keywords, missing columns, other encodings, broken YAML): each gives a profile or a
+    PipelineError with a message (check()), never another exception, and most are refused."""
+    outcomes: list[bool] = []
+
+    @SETTINGS
+    @given(empty=csv_files(["Tag", "Keyword"]), remove=csv_files(["Tag", "Keyword"]),
+           replace=csv_files(["Tag", "Keyword", "Replacement"]), settings_yaml=SETTINGS_TEXT)
+    def build(empty: bytes, remove: bytes, replace: bytes, settings_yaml: bytes) -> None:
+        outcomes.append(check(base, {"empty.csv": empty, "remove.csv": remove,
+                                     "replace.csv": replace,
+                                     "settings.yaml": settings_yaml}) is not None)
+
+    build()
+    assert len(outcomes) >= 150
+    assert outcomes.count(False) >= 100, f"{outcomes.count(False)} of {len(outcomes)} refused"

@@ -107,10 +107,70 @@ def test_tsv_shaped_sheets(workspace: Path, data: bytes, with_folders: bool) -> 
     check(workspace, data, **folders)
 
 
-def test_the_generator_reaches_valid_sheets(workspace: Path) -> None:
-    # The TSV strategy above is only worth something if valid sheets are among its shapes.
-    check(workspace, b"subject\tsession\tdicom_dir\ns1\tt1\ta\n")
-    assert load_sheet(workspace / "sessions.tsv", "grp", "proj")[0].subject == "s1"
+# ---- valid sheets, written in every way a spreadsheet or a person writes them ----------------
+
+VALID_LABEL = st.from_regex(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,15}", fullmatch=True).filter(
+    lambda label: label not in (".", ".."))
+# The workspace's DICOM folders, written as a person may write them (relative to the sheet's
+# folder, or absolute: filled in by the test).
+VALID_FOLDER = st.sampled_from(["a", "b", "./a", "b/../a", "a/", "{base}/b", "staging/inside"])
+NOTE = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"),
+                                      blacklist_characters='"'), max_size=12)
+
+
+@st.composite
+def valid_sheets(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, str, str, str]]]:
+    """A sheet that must load (text, before the base folder is filled in), and the sessions it
+    lists: (group, project, subject, session, folder as written)."""
+    optional = draw(st.lists(st.sampled_from(["group", "project", "notes"]), unique=True))
+    header = draw(st.permutations(["subject", "session", "dicom_dir", *optional]))
+    keys = draw(st.lists(st.tuples(VALID_LABEL, VALID_LABEL), min_size=1, max_size=6,
+                         unique=True))
+    lines = ["\t".join(header) + draw(st.sampled_from(["", "\t", "\t\t"]))]
+    expected = []
+    for subject, session in keys:
+        values = {"subject": subject, "session": session, "dicom_dir": draw(VALID_FOLDER),
+                  "notes": draw(NOTE)}
+        for column in ("group", "project"):
+            # An empty override cell means the config's group or project.
+            values[column] = draw(st.sampled_from(["", draw(VALID_LABEL)]))
+        cells = [draw(st.sampled_from(["", " "])) + values[column]
+                 + draw(st.sampled_from(["", " "])) for column in header]
+        if draw(st.integers(0, 5)) == 0:
+            lines.append(draw(st.sampled_from(["", "\t", " "])))  # a blank line between rows
+        lines.append("\t".join(cells))
+        in_sheet = set(header)
+        expected.append((values["group"] if "group" in in_sheet and values["group"] else "grp",
+                         values["project"] if "project" in in_sheet and values["project"]
+                         else "proj", subject, session, values["dicom_dir"]))
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    text = end.join(lines) + draw(st.sampled_from(["", end]))
+    return draw(st.sampled_from(["", "\ufeff"])) + text, expected
+
+
+def test_valid_sheets_load_as_written(workspace: Path) -> None:
+    """Every generated valid sheet loads, to exactly its rows: labels, defaults for empty group
+    and project cells, and each folder found where it was written."""
+    loaded = []
+
+    @SETTINGS
+    @given(sheet=valid_sheets(), encoding=st.sampled_from(["utf-8", "utf-16"]))
+    def load(sheet: tuple[str, list[tuple[str, str, str, str, str]]], encoding: str) -> None:
+        text, expected = sheet
+        path = workspace / "sessions.tsv"
+        path.write_bytes(text.replace("{base}", str(workspace)).encode(encoding))
+        sessions = load_sheet(path, "grp", "proj")
+        assert [(row.group, row.project, row.subject, row.session) for row in sessions] == [
+            key[:4] for key in expected]
+        for row, key in zip(sessions, expected, strict=True):
+            written = key[4].replace("{base}", str(workspace))
+            assert row.dicom_dir == os.path.realpath(workspace / written)
+        check(workspace, path.read_bytes())  # and what every loaded sheet must satisfy
+        loaded.append(len(sessions))
+
+    load()
+    assert len(loaded) >= 200  # examples checked, of SETTINGS' 300
+    assert max(loaded) > 1
 
 
 @SETTINGS
