@@ -20,10 +20,14 @@ FAKE_FW = REPO / "tests" / "fake_fw" / "fw"
 PROJECT_FILES = ("Snakefile", "config.yaml", "sessions.tsv", "workflow", "profiles", "demo")
 
 
+# Modules with tests that use the real Flywheel CLIs' environments.
+REAL_CLI_TESTS = ("test_flywheel_cli.py", "test_staged_vs_flywheel_migration.py")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start installing the real Flywheel CLIs (tests/real_fw) in the background as soon as a
     test that needs them is collected, so that the installs overlap the tests before it."""
-    if any(item.path.name == "test_flywheel_cli.py" for item in session.items):
+    if any(item.path.name in REAL_CLI_TESTS for item in session.items):
         from real_fw import start_installing
 
         start_installing()

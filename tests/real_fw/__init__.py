@@ -5,7 +5,9 @@ minute or two. ``start_installing`` begins both in the background when the sessi
 a test that needs them, so that the installs overlap the other tests.
 
 The CLIs cannot reach a Flywheel server here; what they do without one (parse our commands,
-refuse to upload without a login) is what the tests check.
+refuse to upload without a login) is what the tests check. flywheel-cli 17 also ships
+flywheel-migration, the engine inside `fw import --profile`: the tests compare staging's
+output with what it writes for the same profile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 VERSIONS = {"17": "17.8.2", "18": "18.5.1"}
 PARSE_PROBE = Path(__file__).resolve().parent / "parse_probe.py"
+FWMIG_PROBE = Path(__file__).resolve().parent / "fwmig_probe.py"
 INSTALL_TIMEOUT = 900  # seconds
 
 
@@ -121,5 +124,16 @@ def parse_with_real_cli(cli: Installed, commands: list[list[str]], legacy: bool,
         env["FLYWHEEL_CLI_LEGACY"] = "true"
     result = subprocess.run([cli.python, PARSE_PROBE], input=json.dumps(commands),
                             capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def deidentify_with_flywheel_migration(cli: Installed, profile: Path, source: Path,
+                                       names: list[str], target: Path) -> dict[str, object]:
+    """De-identify ``names`` (below ``source``) with the flywheel-migration of ``cli``'s
+    environment into ``target``: each name's written files (below ``target``), or an error."""
+    result = subprocess.run([cli.python, FWMIG_PROBE, profile, source, target],
+                            input=json.dumps(names), capture_output=True, text=True,
+                            timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
