@@ -5,6 +5,7 @@ they accept, and an upload without a login fails plainly and is retried."""
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -165,9 +166,16 @@ def test_real_cli_without_a_login_fails_plainly_leaves_nothing_and_is_retried(
     assert "Not logged in, please login using `fw login` and your API key" in printed
     # (The workflow test below retries through Snakemake; here once is enough for one pair.)
     if (series, legacy) == ("18", False):
-        assert attempt() == message  # the same plain failure again
+        # The same plain failure again; whether the CLI ended by itself after saying so, or
+        # was stopped by the grace period, depends on how busy the machine is.
+        assert without_grace_period(attempt()) == without_grace_period(message)
         assert log.read_text().count("] running: ") == 2  # retried: the CLI ran again
         assert not (folder / "rec.json").exists() and not (folder / "ledger.jsonl").exists()
+
+
+def without_grace_period(message: str) -> str:
+    return re.sub(r"; it was stopped \d+ s after saying so \(it had not ended by itself\)",
+                  "", message)
 
 
 def test_workflow_with_the_real_cli_and_no_login_keeps_the_traceback_in_the_log(project,
