@@ -7,6 +7,7 @@ import pytest
 from conftest import REPO
 from deidpipe.config import check_profile_exists, normalise_config, raw_config_overrides
 from deidpipe.errors import PipelineError
+from deidpipe.schema import GROUP_ID_PATTERN, load_schema
 
 BASE = {"group": "lab", "project": "study", "sessions": "sessions.tsv",
         "profile": "PennBrainScienceCenter", "staging": "staging", "results": "results"}
@@ -36,7 +37,7 @@ def test_group_given_as_number_keeps_its_text():
     # snakemake --config group=007 hands over the int 7; the command line says 007.
     argv = ["snakemake", "--cores", "1", "--config", "group=007", "upload=true"]
     assert normalise_config({**BASE, "group": 7}, argv)["group"] == "007"
-    assert normalise_config({**BASE, "group": 7})["group"] == "7"
+    assert normalise_config({**BASE, "group": 42})["group"] == "42"
 
 
 def test_raw_overrides_stop_at_the_next_option():
@@ -122,3 +123,18 @@ def test_schemas_are_package_data():
     assert all(any(fnmatch.fnmatch(f"schemas/{name}", pattern) for pattern in shipped)
                for name in schemas)
     assert not (REPO / "workflow" / "schemas").exists()
+
+
+@pytest.mark.parametrize("group,valid", [("Neuro", False), ("g", False), ("lab ", False),
+                                         ("neuro-lab", True), ("my.lab@penn", True)])
+def test_the_config_group_follows_flywheels_rule(group, valid):
+    if valid:
+        assert normalise_config({**BASE, "group": group})["group"] == group
+    else:
+        with pytest.raises(PipelineError, match="setting 'group' is not a Flywheel group id"):
+            normalise_config({**BASE, "group": group})
+
+
+def test_both_schemas_hold_flywheels_group_rule():
+    assert (load_schema("config")["properties"]["group"]["pattern"] == GROUP_ID_PATTERN
+            == load_schema("sessions")["properties"]["group"]["pattern"])

@@ -14,6 +14,7 @@ import pytest
 from conftest import FAKE_FW, REPO, run_snakemake
 from deidpipe.config import UPLOAD_COMMANDS
 from deidpipe.errors import PipelineError
+from deidpipe.sheet import label_is_valid
 from deidpipe.upload import build_command, upload_session
 from real_fw import VERSIONS, installed, parse_with_real_cli
 
@@ -201,6 +202,28 @@ def test_workflow_with_the_real_cli_and_no_login_keeps_the_traceback_in_the_log(
     assert cli_log.read_text().count("] running: ") == 2
     assert FAKE_FW.exists()  # the other tests' stand-in is untouched by this one
     assert json.loads((records / "sub-002/ses-01.json").read_text())["held"] == "waiting"
+
+
+GROUP_IDS = ["Neuro", "g", "-lab", "lab-", "neuro lab", "a" * 33, "lab!", "lab", "neuro-lab",
+             "a1", "my.lab@penn", "lab_2", "00", "a" * 32, "x.y"]
+
+
+@pytest.mark.parametrize("series", sorted(VERSIONS))
+def test_the_sheets_group_rule_is_the_clis(series):
+    """The group ids the sheet and config accept are exactly those the CLI's own check takes
+    (flywheel_cli.util.group_id, which `fw import` applies to its group argument)."""
+    cli = real_cli(series)
+    probe = ("import json, sys\nfrom flywheel_cli.util import group_id\nout = {}\n"
+             "for value in json.load(sys.stdin):\n"
+             "    try:\n        group_id(value)\n        out[value] = True\n"
+             "    except TypeError:\n        out[value] = False\n"
+             "print(json.dumps(out))\n")
+    result = subprocess.run([cli.python, "-c", probe], input=json.dumps(GROUP_IDS),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    taken = json.loads(result.stdout)
+    assert {value: label_is_valid("group", value) for value in GROUP_IDS} == taken
+    assert sorted(taken.values()) == [False] * 7 + [True] * 8  # both kinds are tried
 
 
 def test_cli_environments_are_kept_for_the_next_run():

@@ -51,6 +51,26 @@ def test_bad_labels_are_rejected_with_row_and_column(dicom_dirs, label):
     assert "row 2" not in str(error.value)
 
 
+@pytest.mark.parametrize("group", ["Neuro", "g", "-lab", "lab-", "neuro lab", "lab/2",
+                                   "a" * 33, "läb", "lab!"])
+def test_a_group_id_flywheel_refuses_is_an_error_before_anything_runs(dicom_dirs, group):
+    """Flywheel's rule, as its CLI checks it: caught in the sheet, not at the upload after
+    staging and verification."""
+    sheet = write_sheet(dicom_dirs, f"subject\tsession\tdicom_dir\tgroup\ns1\tt1\ta\tlab\n"
+                                    f"s2\tt1\tb\t{group}\n")
+    with pytest.raises(PipelineError) as error:
+        load_sheet(sheet, "grp", "proj")
+    assert "row 3, column 'group': is not a Flywheel group id" in str(error.value)
+    assert "row 2" not in str(error.value)
+
+
+@pytest.mark.parametrize("group", ["lab", "neuro-lab", "a1", "my.lab@penn", "lab_2", "00",
+                                   "a" * 32])
+def test_group_ids_flywheel_takes_are_accepted(dicom_dirs, group):
+    sheet = write_sheet(dicom_dirs, f"subject\tsession\tdicom_dir\tgroup\ns1\tt1\ta\t{group}\n")
+    assert load_sheet(sheet, "grp", "proj")[0].group == group
+
+
 def test_duplicate_session_names_both_rows(dicom_dirs):
     sheet = write_sheet(dicom_dirs, "subject\tsession\tdicom_dir\tgroup\n"
                                     "MRN4041\tt1\ta\t\nMRN4041\tt1\tb\tgrp\n")

@@ -14,6 +14,7 @@ from deidpipe.schema import load_schema
 from deidpipe.sheet import LABEL_COLUMNS, SessionRow, label_is_valid, load_sheet
 
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
+GROUP = re.compile(r"[0-9a-z][0-9a-z.@_-]{0,30}[0-9a-z]")  # Flywheel's rule for a group id
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 # The sheet's rows are checked by hand (fast); the schema stays their written definition.
@@ -47,8 +48,9 @@ def check(base: Path, data: bytes, **folders: str | None) -> None:
     assert len({session.key for session in sessions}) == len(sessions)
     for session in sessions:
         assert isinstance(session, SessionRow)
+        assert GROUP.fullmatch(session.group)
         assert all(LABEL.fullmatch(label) and label not in (".", "..")
-                   for label in session.key)
+                   for label in session.key[1:])
         assert Path(session.dicom_dir).is_dir()
         assert ROW_SCHEMA.is_valid({column: getattr(session, column)
                                     for column in (*LABEL_COLUMNS, "dicom_dir")})
@@ -111,6 +113,7 @@ def test_tsv_shaped_sheets(workspace: Path, data: bytes, with_folders: bool) -> 
 
 VALID_LABEL = st.from_regex(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,15}", fullmatch=True).filter(
     lambda label: label not in (".", ".."))
+VALID_GROUP = st.from_regex(r"[0-9a-z][0-9a-z.@_-]{0,30}[0-9a-z]", fullmatch=True)
 # The workspace's DICOM folders, written as a person may write them (relative to the sheet's
 # folder, or absolute: filled in by the test).
 VALID_FOLDER = st.sampled_from(["a", "b", "./a", "b/../a", "a/", "{base}/b", "staging/inside"])
@@ -131,9 +134,9 @@ def valid_sheets(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, str, str, s
     for subject, session in keys:
         values = {"subject": subject, "session": session, "dicom_dir": draw(VALID_FOLDER),
                   "notes": draw(NOTE)}
-        for column in ("group", "project"):
-            # An empty override cell means the config's group or project.
-            values[column] = draw(st.sampled_from(["", draw(VALID_LABEL)]))
+        # An empty override cell means the config's group or project.
+        values["group"] = draw(st.sampled_from(["", draw(VALID_GROUP)]))
+        values["project"] = draw(st.sampled_from(["", draw(VALID_LABEL)]))
         cells = [draw(st.sampled_from(["", " "])) + values[column]
                  + draw(st.sampled_from(["", " "])) for column in header]
         if draw(st.integers(0, 5)) == 0:

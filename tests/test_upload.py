@@ -17,7 +17,7 @@ from deidpipe.synthetic import SeriesSpec, SessionSpec, build_session, plant_pri
 from deidpipe.upload import build_command, upload_session
 from deidpipe.verify import verify_session
 
-LABELS = {"group": "g", "project": "p", "subject": "sub-01", "session": "ses-01"}
+LABELS = {"group": "lab", "project": "p", "subject": "sub-01", "session": "ses-01"}
 IMPORT_17, INGEST_18 = UPLOAD_COMMANDS["17"], UPLOAD_COMMANDS["18"]
 
 
@@ -341,7 +341,7 @@ def test_upload_command_takes_one_settings_file_and_reads_the_rest_from_the_mani
     (call,) = fw_calls(calls)
     # The labels are the manifest's place; the staged folder is the one beside the manifest.
     assert (call["subject"], call["session"]) == ("sub-01", "ses-01")
-    assert call["argv"][2:5] == [str(tmp_path / "staging" / places["where"]), "g", "p"]
+    assert call["argv"][2:5] == [str(tmp_path / "staging" / places["where"]), "lab", "p"]
     assert json.loads(places["record"].read_text())["uploaded"] is True
     fw_log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.fw.log"
     assert "Uploaded 2 files" in fw_log.read_text()
@@ -357,7 +357,7 @@ def test_upload_command_failure_shows_its_log_and_names_bad_settings(tmp_path,
                       env={"FAKE_FW_LOG": str(tmp_path / "calls.jsonl"),
                            "FAKE_FW_FAIL": "sub-01/ses-01"})
     assert failed.returncode == 1
-    message = ("error: session g/p/sub-01/ses-01: the upload failed (the Flywheel CLI's exit "
+    message = ("error: session lab/p/sub-01/ses-01: the upload failed (the Flywheel CLI's exit "
                "code was 1). The CLI's output is in ")
     assert failed.stderr.startswith(message)  # on the console, as in the log
     log = tmp_path / "results" / "logs" / "upload" / f"{places['where']}.log"

@@ -255,18 +255,19 @@ def test_snakemake_report_holds_the_verification_reports(project):
 
 @pytest.mark.parametrize("jobs", [2, 1])
 def test_upload_jobs_lets_that_many_uploads_run_at_once(project, fake_fw_log, jobs):
-    seconds = 2.5
-    env = {**upload_env(fake_fw_log), "FAKE_FW_SECONDS": str(seconds)}
+    # Each upload waits until two run at once: with upload_jobs=2 the first is still running
+    # when the second starts, however long the second session's verification takes; with 1
+    # (the control) each gives up after 2 s, having seen only itself.
+    running = project / "fw-running"
+    env = {**upload_env(fake_fw_log), "FAKE_FW_RUNNING_DIR": str(running),
+           "FAKE_FW_WAIT_FOR_OTHERS": "2:120" if jobs == 2 else "2:2"}
     result = run_snakemake(project, *upload_config("upload_warned=true", f"upload_jobs={jobs}"),
                            env=env)
     assert result.returncode == 0, result.stderr
     calls = fw_calls(fake_fw_log)
     assert sorted(call["subject"] for call in calls) == ["sub-001", "sub-002"]
-    gap = abs(calls[1]["started"] - calls[0]["started"])
-    if jobs == 2:
-        assert gap < seconds  # the second began while the first was under way
-    else:
-        assert gap >= seconds  # control: one at a time
+    most_at_once = max(int(line) for line in Path(f"{running}.seen").read_text().split())
+    assert most_at_once == jobs
 
 
 def test_other_sessions_carry_on_when_one_session_cannot_be_written(project):

@@ -41,6 +41,7 @@ from deidpipe.files import (
     sha256_file,
     write_private_bytes,
 )
+from deidpipe.schema import GROUP_ID_RULE
 from deidpipe.sheet import label_is_valid
 
 APPROVAL_COLUMNS = ("group", "project", "subject", "session", "decision", "by", "when",
@@ -111,6 +112,8 @@ def _label_problem(column: str, value: str) -> str | None:
     if value == "":
         return "is empty"
     if not label_is_valid(column, value):
+        if column == "group":
+            return GROUP_ID_RULE
         return ("is not a valid label (letters A-Z and a-z, digits, '.', '_' and '-', as in "
                 "sessions.tsv)")
     return None

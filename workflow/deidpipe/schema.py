@@ -7,6 +7,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+# Flywheel's rule for a group id, as the Flywheel CLI checks it (config.schema.yaml and
+# sessions.schema.yaml hold the same pattern; a test checks that they agree).
+GROUP_ID_PATTERN = "^[0-9a-z][0-9a-z.@_-]{0,30}[0-9a-z]$"
+GROUP_ID_RULE = ("is not a Flywheel group id: use 2 to 32 lower-case letters, digits, '.', "
+                 "'@', '_' or '-', starting and ending with a letter or digit (the Flywheel "
+                 "CLI refuses any other)")
+
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
@@ -23,6 +30,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "is not a setting this pipeline knows (check the spelling)"
     if error.validator == "type":
         return f"must be {_article(error.validator_value)}"
+    if error.validator == "pattern" and schema.get("pattern") == GROUP_ID_PATTERN:
+        return GROUP_ID_RULE
     if error.validator in ("pattern", "not"):
         return (
             "may contain only letters, digits, '.', '_' and '-' (no spaces or '/'), "

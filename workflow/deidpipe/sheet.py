@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deidpipe.errors import PipelineError, join_problems
 from deidpipe.paths import session_path
-from deidpipe.schema import load_schema
+from deidpipe.schema import GROUP_ID_RULE, load_schema
 
 LABEL_COLUMNS = ("group", "project", "subject", "session")
 ALLOWED_LABEL_TEXT = "letters A-Z and a-z, digits, '.', '_' and '-'"
@@ -154,7 +154,7 @@ def _shown(text: str, limit: int = 60) -> str:
 def _label_rule(column: str) -> tuple[re.Pattern[str], frozenset[str]]:
     """The schema's pattern and forbidden values of a label column, compiled once."""
     spec = load_schema("sessions")["properties"][column]
-    return re.compile(spec["pattern"]), frozenset(spec["not"]["enum"])
+    return re.compile(spec["pattern"]), frozenset(spec.get("not", {}).get("enum", ()))
 
 
 def label_is_valid(column: str, value: str) -> bool:
@@ -376,7 +376,8 @@ def _row_problems(values: dict[str, str]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for column in LABEL_COLUMNS:
         if column in values and not label_is_valid(column, values[column]):
-            problems.append((column, _label_problem(values[column])))
+            problems.append((column, GROUP_ID_RULE if column == "group" and values[column]
+                             else _label_problem(values[column])))
     if "dicom_dir" in values:
         path_problem = _path_problem(values["dicom_dir"])
         if path_problem:

@@ -96,10 +96,11 @@ VERIFY_SETTINGS_FILE = fixed_settings_file(
     "verify", {key: config[key] for key in ("checks", "identifier_attributes", "phi_log", "ocr")})
 
 LABEL = r"[A-Za-z0-9._-]+"
+GROUP_ID = r"[0-9a-z.@_-]+"  # Flywheel's characters of a group id (the sheet checks the rest)
 
 
 wildcard_constraints:
-    group=LABEL,
+    group=GROUP_ID,
     project=LABEL,
     subject=LABEL,
     session=LABEL,
