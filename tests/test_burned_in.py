@@ -13,7 +13,7 @@ import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 
-from deidpipe.burned_in import BurnedInScreen, Flag, _readable
+from deidpipe.burned_in import LIST_IN_WORDS, BurnedInScreen, Flag, _in_words, _readable, _Rule
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -39,11 +39,12 @@ class DeidDetect(BurnedInScreen):
         result = has_burned_pixels(dataset, deid=self._recipe)
         return [(hit["group"], _readable(hit["reason"])) for hit in result["results"]]
 
-    def _filter_list(self, dataset: Dataset) -> tuple[list[str], bool]:
+    def _filter_list(self, dataset: Dataset) -> tuple[list[Any], bool]:
+        # deid decides which rules match; the screen words the rules it names.
         hits = self.last_hits = self.hits(dataset)
-        reasons = [f"deid filter list ({group}): {reason}"
-                   for group, reason in hits if group != "whitelist"]
-        return reasons, any(group == "whitelist" for group, _ in hits)
+        rules = {(rule.group, _readable(rule.reason)): rule for rule in self._rules}
+        return ([rules[hit] for hit in hits if hit[0] != "whitelist"],
+                any(group == "whitelist" for group, _ in hits))
 
 
 def new_dataset(**values: Any) -> FileDataset:
@@ -207,7 +208,7 @@ def test_filter_list_is_evaluated_without_matplotlib():
         dataset.SeriesDescription = "Dose Report"
         dataset.ImageType = ["ORIGINAL", "PRIMARY"]
         flags = BurnedInScreen(use_filter_list=True).flags(dataset)
-        assert any("deid filter list (graylist)" in flag.reason for flag in flags), flags
+        assert any("known to burn text into set places" in flag.reason for flag in flags), flags
         print(sorted(name for name in sys.modules
                      if name.split(".")[0] == "matplotlib" or name.startswith("deid.dicom")))
     """)
@@ -234,9 +235,9 @@ def test_cases_reach_most_of_the_filter_list(cases):
 def test_filter_list_results_are_deids_own(cases):
     screen = BurnedInScreen()
     for case in cases:
-        reasons, cleared = screen._filter_list(case.dataset)
-        assert reasons == [f"deid filter list ({group}): {reason}"
-                           for group, reason in case.deid_hits if group != "whitelist"]
+        rules, cleared = screen._filter_list(case.dataset)
+        assert [(rule.group, _readable(rule.reason)) for rule in rules] == [
+            (group, reason) for group, reason in case.deid_hits if group != "whitelist"]
         assert cleared == any(group == "whitelist" for group, _ in case.deid_hits)
 
 
@@ -251,10 +252,12 @@ def test_flags_are_those_of_deids_detection_through_the_memo(cases):
 @pytest.mark.parametrize("burned_in,expected", [
     ("YES", [Flag("burned_in_annotation", "BurnedInAnnotation (0028,0301) is YES: the image "
                   "itself says it holds burned-in text"),
-             Flag("burned_in_risk", "deid filter list (blacklist): Modality contains CT|MR "
-                  "ImageType contains DERIVED|SECONDARY|SCREEN|SAVE; deid filter list "
-                  "(blacklist): Modality contains CT|MR SeriesDescription contains Patient "
-                  "Protocol|PACS nomination form|Dose Report|Study acquired outside hospital")]),
+             Flag("burned_in_risk", "it matches deid's list of kinds of image made to carry "
+                  "text (reports, screen captures, forms): Modality contains CT or MR, and "
+                  "ImageType contains DERIVED, SECONDARY, SCREEN or SAVE; it matches deid's "
+                  "list of kinds of image made to carry text (reports, screen captures, forms): "
+                  "Modality contains CT or MR, and SeriesDescription contains Patient Protocol, "
+                  "PACS nomination form, Dose Report or Study acquired outside hospital")]),
     ("NO", []),
 ])
 def test_whitelist_clears_only_a_risk(burned_in, expected):
@@ -271,3 +274,17 @@ def test_without_the_filter_list_deid_is_not_read():
     assert screen.flags(dataset) == []
     assert screen.flags(new_dataset(Modality="US")) == [
         Flag("burned_in_risk", "Modality is US (ultrasound)")]
+
+
+@pytest.mark.parametrize("lines,group,words", [
+    (((("Modality", "contains", "CT|MR"),), (("ImageType", "contains", "SCREEN SAVE"),)),
+     "blacklist", "Modality contains CT or MR, and ImageType contains SCREEN SAVE"),
+    (((("Manufacturer", "missing", ""), "or", ("Manufacturer", "empty", "")),),
+     "graylist", "Manufacturer is missing or Manufacturer is empty"),
+    (((("Rows", "equals", "600|768|1024"),),), "graylist", "Rows is 600, 768 or 1024"),
+], ids=["alternatives, two lines", "missing or empty", "equals one of three"])
+def test_why_a_filter_list_rule_flagged_an_image_is_said_in_words(lines, group, words):
+    rule = _Rule(group, "", lines)
+    text = _in_words(rule)
+    assert text == f"it matches deid's list of {LIST_IN_WORDS[group]}: {words}"
+    assert "|" not in text and "deid filter list" not in text

@@ -100,7 +100,7 @@ class BurnedInScreen:
         if risky_types:
             risks.append(f"ImageType includes {', '.join(risky_types)}")
         filter_rules, cleared = self._filter_list(dataset)
-        risks.extend(filter_rules)
+        risks.extend(_in_words(rule) for rule in filter_rules)
         if risks and not (cleared and not found):
             found.append(Flag("burned_in_risk", "; ".join(risks)))
         return found
@@ -113,8 +113,9 @@ class BurnedInScreen:
                 or _text(dataset, "Modality").strip().upper() in RISKY_MODALITIES
                 or bool(_image_type_values(dataset) & RISKY_IMAGE_TYPE_VALUES))
 
-    def _filter_list(self, dataset: Dataset) -> tuple[list[str], bool]:
-        """deid's rules that match: (graylist/blacklist reasons, whether a whitelist matched)."""
+    def _filter_list(self, dataset: Dataset) -> tuple[list["_Rule"], bool]:
+        """deid's rules that match: (the graylist and blacklist rules, whether a whitelist rule
+        matched)."""
         if self._apply_filter is None:
             return [], False
         apply_filter = self._apply_filter
@@ -130,10 +131,8 @@ class BurnedInScreen:
             return tested[test]
 
         hits = [rule for rule in self._rules if rule.matches(result)]
-        reasons = [f"deid filter list ({rule.group}): {_readable(rule.reason)}"
-                   for rule in hits if rule.group != "whitelist"]
         cleared = any(rule.group == "whitelist" for rule in hits)
-        return reasons, cleared
+        return [rule for rule in hits if rule.group != "whitelist"], cleared
 
 
 def _deid_apply_filter() -> Callable[..., bool]:
@@ -244,6 +243,33 @@ def _image_type_values(dataset: Dataset) -> set[str]:
     if image_type is not None and not isinstance(image_type, str):
         return {str(value).strip().upper() for value in image_type}
     return {str(image_type or "").strip().upper()}
+
+
+# What each of deid's lists holds, for a coordinator reading why an image was flagged.
+LIST_IN_WORDS = {
+    "blacklist": "kinds of image made to carry text (reports, screen captures, forms)",
+    "graylist": "scanner models and image types known to burn text into set places"}
+
+
+def _in_words(rule: "_Rule") -> str:
+    """Why a rule of deid's filter list flagged an image, in words: 'it matches deid's list
+    of ...: Modality is CT or MR, and ImageType contains DERIVED, SECONDARY or SAVE'."""
+    lines = []
+    for line in rule.lines:
+        words = [step if isinstance(step, str) else _test_in_words(*step) for step in line]
+        lines.append(" ".join(words))
+    return (f"it matches deid's list of {LIST_IN_WORDS.get(rule.group, rule.group)}: "
+            + ", and ".join(lines))
+
+
+def _test_in_words(name: str, action: str, value: str) -> str:
+    options = [option.strip() for option in value.split("|") if option.strip()]
+    listed = (", ".join(options[:-1]) + " or " + options[-1]) if len(options) > 1 else value
+    return {"contains": f"{name} contains {listed}", "equals": f"{name} is {listed}",
+            "notcontains": f"{name} does not contain {listed}",
+            "notequals": f"{name} is not {listed}", "missing": f"{name} is missing",
+            "empty": f"{name} is empty", "present": f"{name} is there"
+            }.get(action, f"{name} {action} {value}".strip())
 
 
 def _readable(reason: str) -> str:
