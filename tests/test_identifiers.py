@@ -143,6 +143,15 @@ def test_mixed_separators_are_found_in_raw_bytes(text, attribute):
     assert {needle.attribute for needle in matcher.find(text)} >= {attribute}
 
 
+def test_neighbouring_elements_holding_a_part_each_are_not_one_value_in_raw_bytes():
+    """Implicit VR: 'Testperson' ends one element's value, the next element's header is all
+    binary, and 'Alice' starts its value; people do not type such bytes between words."""
+    matcher = matcher_for(PatientName="Testperson^Alice^Q")
+    header = bytes.fromhex("1000 2000 0600 0000")  # (0010,0020), length 6
+    assert matcher.find_in_bytes(b"Testperson" + header + b"Alice ") == []
+    assert matcher.find_in_bytes(b"Testperson, Alice ") != []  # control: typed separators
+
+
 @pytest.mark.parametrize("text", ["Nowhereville", "lane 42", "Imaginary", "19 58 09 23 x",
                                   "1958 in Nowhereville", "testperson alone", "5550 147 3321"])
 def test_parts_of_values_in_raw_bytes_are_not_identifiers(text):

@@ -56,6 +56,10 @@ KIND_ORDER = {"identifier": 0, "staff_name": 1, "name_part": 2}
 SHORT_NUMBER_DIGITS = 8
 # Bytes either side of a needle's longest token that its other tokens may take (at least).
 ANCHOR_WINDOW = 64
+# Between the tokens of a value written in raw bytes: what people type between words (spaces
+# and ASCII punctuation), not the binary bytes of element headers, so that two neighbouring
+# elements holding a part each are not read as one value.
+RAW_TEXT_SEPARATOR = r"[ -/:-@\[-`{-~]"
 # Identifiers at least this long that hold a digit are also looked for inside longer tokens.
 GLUED_MIN_CHARACTERS = 6
 MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
@@ -490,12 +494,12 @@ class Matcher:
             start = max(0, offset - reach)
             window = data[start:offset + length + reach].decode("latin-1")
             hits += [(needle, start + match.start())
-                     for match in _tokens_pattern(needle).finditer(window)]
+                     for match in _tokens_pattern(needle, RAW_TEXT_SEPARATOR).finditer(window)]
         return hits
 
     def _raw_automaton(self) -> Any:
         """One automaton of every raw form: each word maps to (index of the raw needle or -1,
-        the form, and the token it anchors names with initials at, if any)."""
+        the form, and the token it is the anchor of, if any)."""
         if not hasattr(self, "_automaton"):
             automaton = None
             words: dict[str, tuple[int, bytes, str]] = {}
@@ -569,12 +573,13 @@ def _ocr_pattern(needle: Needle) -> re.Pattern[str]:
 
 
 @lru_cache(maxsize=4096)
-def _tokens_pattern(needle: Needle) -> re.Pattern[str]:
-    """The needle's tokens in order, any separators between them, not inside a longer word;
-    initials as capitals."""
+def _tokens_pattern(needle: Needle, separator: str = r"[\W_]") -> re.Pattern[str]:
+    """The needle's tokens in order, any ``separator`` characters between them, not inside a
+    longer word; initials as capitals."""
     parts = [f"(?-i:{re.escape(token.upper())})" if index in needle.initials
              else re.escape(token) for index, token in enumerate(needle.tokens)]
-    return re.compile(r"(?<![^\W_])" + r"[\W_]*".join(parts) + r"(?![^\W_])", re.IGNORECASE)
+    return re.compile(r"(?<![^\W_])" + f"{separator}*".join(parts) + r"(?![^\W_])",
+                      re.IGNORECASE)
 
 
 def _strongest_per_attribute(needles: list[Needle]) -> list[Needle]:
