@@ -13,13 +13,21 @@ import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 
-from deidpipe.burned_in import LIST_IN_WORDS, BurnedInScreen, Flag, _in_words, _readable, _Rule
+from deidpipe.burned_in import LIST_IN_WORDS, BurnedInScreen, Flag, _in_words, _Rule
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 DOSE_REPORT = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def _readable(reason: str) -> str:
+    """deid's reason ('and Modality contains CT ...') without its leading operator."""
+    words = reason.split()
+    if words and words[0] in ("and", "or"):
+        words = words[1:]
+    return " ".join(words)
 
 
 class DeidDetect(BurnedInScreen):

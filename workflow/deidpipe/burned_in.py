@@ -159,7 +159,7 @@ _Step = tuple[str, str, str] | str
 @dataclass(frozen=True)
 class _Rule:
     """One item of deid's filter list, prepared once. It matches, and its reason is worded
-    (less deid's leading operator, which ``_readable`` drops anyway), as in deid's
+    (the tests compare it with deid's, less deid's leading operator), as in deid's
     ``_has_burned_pixels_single`` (deid/dicom/pixels/detect.py, which cannot be imported
     without matplotlib), quirks kept on purpose so that results stay deid's: the operator that
     starts a line ('+', '||') only enters deid's reason, the lines of an item are ANDed, and a
@@ -270,11 +270,3 @@ def _test_in_words(name: str, action: str, value: str) -> str:
             "notequals": f"{name} is not {listed}", "missing": f"{name} is missing",
             "empty": f"{name} is empty", "present": f"{name} is there"
             }.get(action, f"{name} {action} {value}".strip())
-
-
-def _readable(reason: str) -> str:
-    """deid's reason ('and Modality contains CT ...') without its leading operator."""
-    words = reason.split()
-    if words and words[0] in ("and", "or"):
-        words = words[1:]
-    return " ".join(words)

@@ -165,12 +165,12 @@ def verify_session(
     check_inventory(context)
     check_labels(context)
     check_staged_names(context)
-    if threads > 1 and context.ocr_plan and any(context.active(check) for check in OCR_CHECKS):
+    ocr_active = any(context.active(check) for check in OCR_CHECKS)
+    if threads > 1 and context.ocr_plan and ocr_active:
         load_engines()
     for tallies in map_in_workers(_verify_in_worker, context.manifest.files, threads,
                                   _start_verify_worker, (context,)):
         _merge_tallies(context, tallies)
-    ocr_active = any(context.active(check) for check in OCR_CHECKS)
     review_page = review_page_beside(context.staged_session_dir)
     ocr_counts = None
     if ocr_active:
